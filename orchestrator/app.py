@@ -1,0 +1,158 @@
+"""`Orchestrator`: one program's database pool, workflow registry, engine, executor and sweeper, opened and
+closed together. The HTTP app, the Dramatiq workers and the CLI each hold one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import suppress
+from types import TracebackType
+from typing import Self
+from uuid import UUID
+
+import structlog
+
+from orchestrator import database, migrations
+from orchestrator.engine import Engine
+from orchestrator.executor import Executor
+from orchestrator.settings import AppSettings, ExecutorType, load_settings
+from orchestrator.store import Store
+from orchestrator.sweeper import Sweeper
+from orchestrator.workflow import WORKFLOWS, WorkflowRegistry, import_workflow_modules
+
+logger = structlog.get_logger(__name__)
+
+_current: Orchestrator | None = None
+
+
+def current() -> Orchestrator:
+    """The open Orchestrator of this program (used by the module-level Python API)."""
+    if _current is None:
+        raise RuntimeError("No Orchestrator is open; use `async with Orchestrator(...)` first")
+    return _current
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        settings: AppSettings | None = None,
+        *,
+        registry: WorkflowRegistry = WORKFLOWS,
+        run_processes: bool = True,
+    ) -> None:
+        """`run_processes=False` opens the store only (CLI commands, the Celery shim): no executor runs steps."""
+        self.settings = settings or load_settings()
+        self.registry = registry
+        self.run_processes = run_processes
+        self._pool: database.Pool | None = None
+        self._store: Store | None = None
+        self._executor: Executor | None = None
+        self._engine: Engine | None = None
+        self.location: database.DatabaseLocation | None = None
+        self.workflow_ids: dict[str, UUID] = {}
+        self._sweeper_task: asyncio.Task[None] | None = None
+        self.sweeper: Sweeper | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("Orchestrator is not open")
+        return self._store
+
+    @property
+    def executor(self) -> Executor:
+        if self._executor is None:
+            raise RuntimeError("Orchestrator has no executor (not open, or opened with run_processes=False)")
+        return self._executor
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("Orchestrator is not open")
+        return self._engine
+
+    async def open(self) -> Self:
+        global _current
+        s = self.settings
+        self.location = await asyncio.to_thread(database.locate, s.DATABASE_URI, s.EMBEDDED_DATA_DIR)
+        logger.info("database", where=self.location.describe())
+        self._pool = await database.create_pool(
+            self.location.dsn, size=s.DB_POOL_SIZE, synchronous_commit=s.DB_SYNCHRONOUS_COMMIT
+        )
+        if s.MIGRATE_ON_START:
+            async with self._pool.acquire() as conn:
+                await migrations.upgrade(conn)
+        self._store = Store(self._pool)
+        import_workflow_modules(s.WORKFLOW_MODULES)
+        self.workflow_ids = await self._store.upsert_workflows(
+            [(wf.name, wf.target.value, wf.description, wf.is_task) for wf in self.registry.values()]
+        )
+        self._engine = Engine(self._store, self.registry, max_threads=s.MAX_WORKERS, lease_ttl=s.LEASE_TTL_SECONDS)
+        self._executor = self._make_executor()
+        await self._executor.open()
+        self.sweeper = Sweeper(
+            self._store, self._executor, interval=s.SWEEP_INTERVAL_SECONDS, redispatch_after=s.REDISPATCH_AFTER_SECONDS
+        )
+        if self.run_processes and s.EXECUTOR is ExecutorType.THREADPOOL:
+            # Queued and interrupted processes of an earlier run of this program continue now.
+            await self.sweeper.dispatch_undispatched(older_than=0)
+        if self.run_processes or s.EXECUTOR is ExecutorType.DRAMATIQ:
+            # A program that runs no processes must not take them over: it could not run them.
+            self._sweeper_task = asyncio.create_task(self.sweeper.run_forever(), name="sweeper")
+        _current = self
+        return self
+
+    def _make_executor(self) -> Executor:
+        s = self.settings
+        if s.EXECUTOR is ExecutorType.DRAMATIQ:
+            from orchestrator.distributed import DramatiqExecutor
+
+            executor: Executor = DramatiqExecutor(self.engine, s)
+            return executor
+        from orchestrator.threadpool import ThreadPoolExecutor
+
+        if not self.run_processes:
+            return _DispatchOnly()
+        return ThreadPoolExecutor(self.engine, max_workers=s.MAX_WORKERS, shutdown_timeout=s.SHUTDOWN_TIMEOUT_SECONDS)
+
+    async def close(self) -> None:
+        global _current
+        if self._sweeper_task is not None:
+            self._sweeper_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._sweeper_task
+        if self._executor is not None:
+            await self._executor.close()
+        if self._store is not None:
+            await self._store.events.close()
+        if self._pool is not None:
+            await self._pool.close()
+        if _current is self:
+            _current = None
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class _DispatchOnly:
+    """Executor of a program that runs no processes itself (threadpool CLI tools): dispatch is left to the
+    sweeper of the program that runs them, which picks up `created`/`resumed` processes at start-up."""
+
+    kind = "none"
+
+    async def start(self, tx: object, process: object) -> None:
+        return None
+
+    async def resume(self, tx: object, process: object) -> None:
+        return None
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,260 @@
+"""Runs the remaining steps of a claimed process, one committed step at a time.
+
+The engine knows nothing of HTTP or brokers. It gets a `Claim` (a process this runner owns, with its step log),
+rebuilds the current state the way orchestrator-core reloads a process, applies a pending resume input, and runs
+step after step. Each outcome is written with the claim's fencing token; a refused write means another runner
+owns the process now, and this run stops without touching anything.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import anyio
+import structlog
+
+from orchestrator import jsonutil
+from orchestrator.exceptions import ClaimLostError
+from orchestrator.process import Failed, Process, Success, from_step_status
+from orchestrator.state import (
+    ENGINE_KEYS,
+    LAST_STEP_STARTED_AT,
+    REPLACE_LAST_STATE,
+    STEP_GROUP,
+    STEP_NAME_OVERRIDE,
+    deep_merge,
+    error_state,
+    is_api_unavailable,
+    is_inconsistent_data,
+    strip_removed_keys,
+)
+from orchestrator.steps import Step, StepList
+from orchestrator.store import Claim, LastRow, ProcessRef, Store, Transaction
+from orchestrator.types import Assignee, ProcessStatus, State, StepStatus
+from orchestrator.workflow import Workflow, WorkflowRegistry
+
+logger = structlog.get_logger(__name__)
+
+FAILED_REASON_LIMIT = 10_000
+TRACEBACK_LIMIT = 50_000
+
+Redispatch = Callable[[Transaction, ProcessRef], Awaitable[None]]
+
+
+class Engine:
+    """Shared by every runner of one program: the store, the registry and the thread pool for sync steps."""
+
+    def __init__(self, store: Store, registry: WorkflowRegistry, *, max_threads: int, lease_ttl: float) -> None:
+        self.store = store
+        self.registry = registry
+        self.limiter = anyio.CapacityLimiter(max_threads)
+        self.lease_ttl = lease_ttl
+
+    async def run(self, claim: Claim, *, stopping: Callable[[], bool], redispatch: Redispatch) -> ProcessStatus | None:
+        """Run the claimed process until it suspends, ends, fails or must stop; return its status (None: lost)."""
+        run = _Run(self, claim, stopping, redispatch)
+        log = logger.bind(process_id=str(claim.pid), workflow=claim.workflow_name)
+        try:
+            status = await run.execute()
+        except ClaimLostError:
+            log.warning("claim lost: another runner owns the process now, or it was aborted; this run stops")
+            return None
+        log.info("run ended", status=status.value)
+        return status
+
+
+class _Run:
+    """One run of one process (the engine's per-run state)."""
+
+    def __init__(self, engine: Engine, claim: Claim, stopping: Callable[[], bool], redispatch: Redispatch) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.claim = claim
+        self.stopping = stopping
+        self.redispatch = redispatch
+        self.user = claim.run_by
+        self.locked = False
+        last = claim.rows[-1] if claim.rows else None
+        self.last: LastRow | None = (
+            LastRow(last.stepid, last.name, last.status, last.created_by, last.state, last.completed_at)
+            if last
+            else None
+        )
+        self.logger = logger.bind(process_id=str(claim.pid))
+
+    # --- StepContext ----------------------------------------------------------------------------------------
+
+    async def run_sync(self, func: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        return await anyio.to_thread.run_sync(partial(func, **kwargs), limiter=self.engine.limiter)
+
+    async def log(self, name: str, result: Process) -> Process:
+        return await self._write(name, result, Assignee.SYSTEM)
+
+    # --- the run ----------------------------------------------------------------------------------------------
+
+    async def execute(self) -> ProcessStatus:
+        wf = self.engine.registry.get(self.claim.workflow_name)
+        if wf is None:
+            return await self._fail_unknown_workflow()
+        result, remaining = await self._reload(wf)
+        for step in remaining:
+            if self.locked or self.stopping():
+                return await self._yield(redispatch=not self.locked)
+            state = {**result.state, LAST_STEP_STARTED_AT: time.time()}
+            try:
+                result = await step(state, self)
+            except ClaimLostError:
+                raise
+            except Exception as exc:  # a wrapper or built-in step failing: same as a failing step
+                result = Failed(error_state(exc), exc)
+            result = await self._write(step.name, result, step.assignee)
+            if not result.runs_next:
+                return self._status_of(result)
+        if result.runs_next:
+            # orchestrator-core leaves such a process `running` for ever; a run that ran out of steps has ended.
+            self.logger.warning("workflow has no `done` step; the process is marked completed", workflow=wf.name)
+            async with self.store.transaction() as tx:
+                if (
+                    await self.store.finish(
+                        tx, pid=self.claim.pid, token=self.claim.token, status=ProcessStatus.COMPLETED
+                    )
+                    is None
+                ):
+                    raise ClaimLostError(self.claim.pid)
+            return ProcessStatus.COMPLETED
+        return self._status_of(result)
+
+    async def _reload(self, wf: Workflow) -> tuple[Process, StepList]:
+        """Current result and remaining steps, from the step log (positional, as orchestrator-core)."""
+        rows = self.claim.rows
+        cleared = [row for row in rows if row.cleared]
+        remaining = wf.steps[len(cleared) :]
+        pending = self.claim.pending_input
+        if not rows:
+            state = self._initial_state(wf)
+            return Success(deep_merge(state, pending) if pending else state), remaining
+        last = rows[-1]
+        if last.status in (StepStatus.COMPLETE, StepStatus.ABORT):
+            return from_step_status(last.status, last.state), StepList()
+        if last.status in (StepStatus.SUSPEND, StepStatus.AWAITING_CALLBACK):
+            # Resuming a suspended or awaiting step: it is logged as a success with the merged input.
+            merged = deep_merge(last.state, pending or {})
+            result = await self._write(last.name, Success(merged), Assignee.SYSTEM)
+            in_group = STEP_GROUP in last.state
+            return result, remaining if in_group else remaining[1:]
+        base = cleared[-1].state if cleared else self._initial_state(wf)
+        return Success(deep_merge(base, pending) if pending else dict(base)), remaining
+
+    def _initial_state(self, wf: Workflow) -> State:
+        state = dict(self.claim.initial_state or {})
+        defaults = dict(
+            zip(
+                ENGINE_KEYS,
+                (str(self.claim.pid), self.claim.created_by or self.user, wf.name, wf.target.value),
+                strict=True,
+            )
+        )
+        return {**defaults, **state}
+
+    def _status_of(self, result: Process) -> ProcessStatus:
+        return self._classify(result)[0]
+
+    def _classify(self, result: Process, step_assignee: str = Assignee.SYSTEM) -> tuple[ProcessStatus, str]:
+        if isinstance(result, Failed) and self.claim.is_task:
+            if is_inconsistent_data(result.exception):
+                return ProcessStatus.INCONSISTENT_DATA, Assignee.NOC
+            if is_api_unavailable(result.exception):
+                return ProcessStatus.API_UNAVAILABLE, Assignee.SYSTEM
+            return ProcessStatus.FAILED, Assignee.SYSTEM
+        return result.process_status, str(step_assignee)
+
+    async def _write(self, name: str, result: Process, assignee: str) -> Process:
+        """Persist a step outcome (one statement); return the result carrying the state as stored."""
+        try:
+            return await self._write_once(name, result, assignee)
+        except (TypeError, ValueError) as exc:  # a state that cannot be stored fails the step instead
+            self.logger.warning("step result could not be stored", step=name, error=str(exc))
+            return await self._write_once(name, Failed(error_state(exc), exc), assignee)
+
+    async def _write_once(self, name: str, result: Process, assignee: str) -> Process:
+        state = dict(result.state)
+        name = state.pop(STEP_NAME_OVERRIDE, name)
+        replace = bool(state.pop(REPLACE_LAST_STATE, False))
+        started = state.pop(LAST_STEP_STARTED_AT, None)
+        state = strip_removed_keys(state)
+        failed_reason = traceback = None
+        if result.failed:
+            tb = state.pop("traceback", None)
+            traceback = tb[-TRACEBACK_LIMIT:] if isinstance(tb, str) else None
+            failed_reason = str(state.get("error", ""))[:FAILED_REASON_LIMIT]
+        state = jsonutil.normalise(state)
+        status = result.step_status.value
+        replace_id = None
+        if replace and self.last is not None:
+            replace_id = self.last.stepid
+        elif result.failed and self._same_failure(name, status, state):
+            assert self.last is not None
+            replace_id = self.last.stepid
+            previous = self.last.state
+            done_at = previous.get("executed_at") or ([self.last.completed_at] if self.last.completed_at else [])
+            state = {**state, "retries": int(previous.get("retries", 0)) + 1, "executed_at": done_at}
+        process_status, row_assignee = self._classify(result, assignee)
+        ok, locked, stepid = await self.store.log_step(
+            pid=self.claim.pid,
+            token=self.claim.token,
+            process_status=process_status.value,
+            step_name=name,
+            assignee=row_assignee,
+            failed_reason=failed_reason,
+            traceback=traceback,
+            step_status=status,
+            state=state,
+            created_by=self.user,
+            started_at=datetime.fromtimestamp(started, UTC) if isinstance(started, float) else None,
+            replace_stepid=replace_id,
+            lease_ttl=self.engine.lease_ttl,
+        )
+        if not ok:
+            raise ClaimLostError(self.claim.pid)
+        self.locked = locked
+        self.last = LastRow(stepid, name, status, self.user, state, None)
+        self.logger.debug("step logged", step=name, status=status)
+        return type(result)(state, result.exception)
+
+    def _same_failure(self, name: str, status: str, state: State) -> bool:
+        last = self.last
+        return (
+            last is not None
+            and last.status == status
+            and last.name == name
+            and last.created_by == self.user
+            and last.state.get("error") == state.get("error")
+            and last.state.get("details") == state.get("details")
+        )
+
+    async def _yield(self, *, redispatch: bool) -> ProcessStatus:
+        """Stop before the next step (pause or shutdown): leave the process `resumed`, dispatched again."""
+        async with self.store.transaction() as tx:
+            ref = await self.store.finish(tx, pid=self.claim.pid, token=self.claim.token, status=ProcessStatus.RESUMED)
+            if ref is None:
+                raise ClaimLostError(self.claim.pid)
+            if redispatch:
+                await self.redispatch(tx, ref)
+        self.logger.info("run stopped before the next step", reason="engine paused" if self.locked else "shutdown")
+        return ProcessStatus.RESUMED
+
+    async def _fail_unknown_workflow(self) -> ProcessStatus:
+        error = f"Workflow {self.claim.workflow_name!r} is not registered in this program (check WORKFLOW_MODULES)"
+        self.logger.error("unknown workflow", workflow=self.claim.workflow_name)
+        exc = LookupError(error)
+        await self._write_once(
+            self.claim.workflow_name, Failed({"class": "LookupError", "error": error}, exc), Assignee.SYSTEM
+        )
+        return ProcessStatus.FAILED
+
+
+__all__ = ["Engine", "Step"]

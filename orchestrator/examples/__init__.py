@@ -1,0 +1,1 @@
+"""Example workflows, shipped so that `orchestrator run` has something to run."""

@@ -1,0 +1,28 @@
+"""The one executor interface. Nothing outside the executors knows which mode runs.
+
+`start` and `resume` are called inside the transaction that creates or resumes the process, so the status change
+and its dispatch commit together (no dual write): the threadpool executor queues in memory once the transaction
+has committed; the Dramatiq executor writes an outbox row in that very transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from orchestrator.store import ProcessRef, Transaction
+
+
+class Executor(Protocol):
+    kind: str
+
+    async def start(self, tx: Transaction, process: ProcessRef) -> None:
+        """Dispatch a `created` process for its first run."""
+
+    async def resume(self, tx: Transaction, process: ProcessRef) -> None:
+        """Dispatch a `resumed` process to continue."""
+
+    async def open(self) -> None:
+        """Start background work (runners, relays, sweepers)."""
+
+    async def close(self) -> None:
+        """Stop gracefully: running steps finish, processes are left resumable."""

@@ -1,0 +1,115 @@
+"""A runner claims processes and runs them; it keeps its leases and its heartbeat alive while it does.
+
+Every executor (the threadpool in the API process, each Dramatiq worker process) owns one runner. The runner's
+`owner_id` is written into the leases it holds; a background task renews them every third of the lease TTL and
+records a heartbeat in `workers`, the source of the worker status the API reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Sequence
+from contextlib import suppress
+from typing import Literal
+from uuid import UUID, uuid4
+
+import structlog
+
+from orchestrator.engine import Engine, Redispatch
+from orchestrator.store import Claim
+from orchestrator.types import ProcessStatus
+
+logger = structlog.get_logger(__name__)
+
+RunKind = Literal["new", "resume"]
+
+CLAIMABLE: dict[RunKind, tuple[str, ...]] = {"new": ("created",), "resume": ("resumed",)}
+"""A new run only claims a `created` process, a resume only a `resumed` one: duplicates and stale deliveries
+find the process in another status and are dropped."""
+
+
+class Runner:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        kind: str,
+        queues: Sequence[str] = (),
+        capacity: int,
+        redispatch: Redispatch,
+    ) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.kind = kind
+        self.queues = list(queues)
+        self.capacity = capacity
+        self.redispatch = redispatch
+        self.owner_id = f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:8]}"
+        self.active: set[UUID] = set()
+        self.stopping = False
+        self._keeper: asyncio.Task[None] | None = None
+
+    async def run(self, pid: UUID, kind: RunKind, user: str | None = None) -> ProcessStatus | None:
+        """Claim and run one process; None when it could not be claimed (already taken, or not in that status)."""
+        claim = await self.claim(pid, kind, user)
+        return None if claim is None else await self.run_claimed(claim)
+
+    async def claim(self, pid: UUID, kind: RunKind, user: str | None = None) -> Claim | None:
+        """Claim a process for this runner (compare-and-set); None for a duplicate or stale dispatch."""
+        log = logger.bind(process_id=str(pid), run=kind)
+        if self.stopping:
+            log.info("runner is stopping; dispatch left for another runner")
+            return None
+        claim = await self.store.claim(
+            pid, statuses=CLAIMABLE[kind], owner=self.owner_id, lease_ttl=self.engine.lease_ttl, user=user
+        )
+        if claim is None:
+            log.info(
+                "not claimed: the process is not in a claimable status (duplicate or stale dispatch), or the engine "
+                "is paused"
+            )
+            return None
+        self.active.add(pid)
+        return claim
+
+    async def run_claimed(self, claim: Claim) -> ProcessStatus | None:
+        """Run a process this runner has claimed; its lease is kept alive until the run ends."""
+        try:
+            return await self.engine.run(claim, stopping=lambda: self.stopping, redispatch=self.redispatch)
+        finally:
+            self.active.discard(claim.pid)
+
+    async def open(self) -> None:
+        await self._beat()
+        self._keeper = asyncio.create_task(self._keep_alive(), name=f"lease-keeper-{self.owner_id}")
+
+    async def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._keeper
+        with suppress(Exception):
+            await self.store.remove_worker(self.owner_id)
+
+    async def _beat(self) -> None:
+        await self.store.renew_leases(self.owner_id, list(self.active), self.engine.lease_ttl)
+        await self.store.heartbeat(
+            worker_id=self.owner_id,
+            kind=self.kind,
+            queues=self.queues,
+            hostname=socket.gethostname(),
+            os_pid=os.getpid(),
+            capacity=self.capacity,
+            running=len(self.active),
+        )
+
+    async def _keep_alive(self) -> None:
+        interval = self.engine.lease_ttl / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._beat()
+            except Exception as exc:  # the database may be briefly gone; leases outlive a missed beat
+                logger.warning("lease renewal failed", error=str(exc), worker=self.owner_id)

@@ -1,0 +1,107 @@
+"""Step outcomes, group-committed: the outcomes concurrent runs produce while a write is in flight are written
+together, in one statement and one transaction (`groupcommit.py`).
+
+Every guarantee of a single write holds per outcome: each is fenced by its own run's token (a stale run's outcome
+is refused, the others are written), and each run waits until its own outcome is committed before it goes on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from orchestrator.events import EventPublisher
+from orchestrator.groupcommit import GroupCommit
+from orchestrator.types import State
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    pid: UUID
+    token: int
+    process_status: str
+    step_name: str
+    assignee: str
+    failed_reason: str | None
+    traceback: str | None
+    step_status: str
+    state: State
+    created_by: str
+    started_at: datetime | None
+    replace_stepid: UUID | None
+    stepid: UUID
+    lease_ttl: float
+    event: dict[str, Any]
+    """Published once the outcome is committed."""
+
+
+_MANY = """
+WITH i AS (
+    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[],
+                         $7::varchar[], $8::varchar[], $9::jsonb[], $10::varchar[], $11::timestamptz[], $12::uuid[],
+                         $13::float8[], $14::uuid[])
+        AS t(pid, token, process_status, step_name, assignee, failed_reason, traceback, step_status, state,
+             created_by, started_at, replace_id, lease_ttl, stepid)
+), p AS (
+    UPDATE processes pr
+       SET last_status = i.process_status, last_step = i.step_name, assignee = i.assignee,
+           failed_reason = i.failed_reason, traceback = i.traceback, last_modified_at = now(),
+           lease_owner = CASE WHEN i.process_status = 'running' THEN pr.lease_owner END,
+           lease_expires_at = CASE WHEN i.process_status = 'running' THEN now() + make_interval(secs => i.lease_ttl) END
+      FROM i
+     WHERE pr.pid = i.pid AND pr.fencing_token = i.token AND pr.last_status = 'running'
+ RETURNING pr.pid
+), ins AS (
+    INSERT INTO process_steps (stepid, pid, name, status, state, created_by, started_at, completed_at)
+    SELECT i.stepid, i.pid, i.step_name, i.step_status, i.state, i.created_by,
+           coalesce(i.started_at, clock_timestamp()), clock_timestamp()
+      FROM i JOIN p ON p.pid = i.pid WHERE i.replace_id IS NULL
+), upd AS (
+    UPDATE process_steps s
+       SET name = i.step_name, status = i.step_status, state = i.state, completed_at = clock_timestamp()
+      FROM i JOIN p ON p.pid = i.pid
+     WHERE s.stepid = i.replace_id AND s.pid = i.pid
+)
+SELECT (SELECT coalesce(array_agg(pid), '{}') FROM p) AS ok,
+       coalesce((SELECT bool_or(global_lock) FROM engine_settings), false) AS locked
+"""
+
+_COLUMNS = (
+    "pid", "token", "process_status", "step_name", "assignee", "failed_reason", "traceback", "step_status", "state",
+    "created_by", "started_at", "replace_stepid", "lease_ttl", "stepid",
+)  # fmt: skip
+"""StepOutcome fields in the order of the statement's parameters."""
+
+Result = tuple[bool, bool]
+"""(accepted, engine_locked)"""
+
+
+class StepWriter:
+    def __init__(self, pool: asyncpg.Pool, events: EventPublisher) -> None:
+        self.pool = pool
+        self.events = events
+        self._group = GroupCommit(self._write_many, on_alone_failing=_unstorable)
+
+    async def write(self, outcome: StepOutcome) -> Result:
+        return await self._group.submit(outcome)
+
+    async def _write_many(self, outcomes: list[StepOutcome]) -> list[Result]:
+        columns = [[getattr(o, name) for o in outcomes] for name in _COLUMNS]
+        row = await self.pool.fetchrow(_MANY, *columns)
+        assert row is not None
+        accepted = set(row["ok"])
+        locked = bool(row["locked"])
+        for o in outcomes:
+            if o.pid in accepted:
+                self.events.publish(o.event)
+        return [(o.pid in accepted, locked) for o in outcomes]
+
+
+def _unstorable(exc: Exception) -> Exception:
+    if isinstance(exc, asyncpg.DataError):  # e.g. a NUL character in a string
+        return ValueError(f"step state cannot be stored: {exc}")
+    return exc

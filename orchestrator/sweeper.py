@@ -1,0 +1,67 @@
+"""Recovery without an operator: take over processes of dead runners, dispatch lost dispatches again, and fail
+callbacks that did not come in time.
+
+Any number of sweepers may run (every API instance, every worker process): the statements skip rows another
+sweeper holds, and a take-over increments the fencing token, so the dead runner can no longer commit if it
+comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from orchestrator.executor import Executor
+from orchestrator.store import Store
+
+logger = structlog.get_logger(__name__)
+
+
+class Sweeper:
+    def __init__(self, store: Store, executor: Executor, *, interval: float, redispatch_after: float) -> None:
+        self.store = store
+        self.executor = executor
+        self.interval = interval
+        self.redispatch_after = redispatch_after
+
+    async def take_over_expired(self) -> int:
+        async with self.store.transaction() as tx:
+            refs = await self.store.take_over_expired(tx)
+            for ref in refs:
+                logger.warning("runner lost its lease; process dispatched again", process_id=str(ref.pid))
+                await self.executor.resume(tx, ref)
+        return len(refs)
+
+    async def dispatch_undispatched(self, older_than: float | None = None) -> int:
+        """Dispatch processes left `created`/`resumed` longer than `older_than` (default REDISPATCH_AFTER)."""
+        after = self.redispatch_after if older_than is None else older_than
+        async with self.store.transaction() as tx:
+            found = await self.store.undispatched(tx, after)
+            for ref, status in found:
+                if status == "created":
+                    await self.executor.start(tx, ref)
+                else:
+                    await self.executor.resume(tx, ref)
+        if found and older_than is None:
+            logger.warning("processes left undispatched were dispatched again", count=len(found))
+        return len(found)
+
+    async def fail_timed_out_callbacks(self) -> int:
+        failed = await self.store.fail_timed_out_callbacks()
+        for pid in failed:
+            logger.warning("callback timed out; process failed", process_id=str(pid))
+        return len(failed)
+
+    async def sweep(self) -> None:
+        await self.take_over_expired()
+        await self.dispatch_undispatched()
+        await self.fail_timed_out_callbacks()
+
+    async def run_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.sweep()
+            except Exception as exc:  # keep sweeping through database hiccups
+                logger.warning("sweep failed", error=str(exc))

@@ -1,0 +1,153 @@
+"""Real subprocesses: a runner SIGKILLed mid-step is taken over; SIGTERM drains and leaves processes resumable."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+from helpers import step_rows
+
+from orchestrator import services
+from orchestrator.app import Orchestrator
+from orchestrator.settings import AppSettings
+
+ENGINE_SCRIPT = Path(__file__).resolve().parent.parent / "engine_process.py"
+SLOW_STEPS = [("Start", "success"), ("Slow", "success"), ("After slow", "success"), ("Done", "complete")]
+
+
+@pytest.fixture
+async def creator(settings: AppSettings) -> AsyncIterator[Orchestrator]:
+    """Creates processes without running them (the subprocesses run them)."""
+    async with Orchestrator(settings, run_processes=False) as orchestrator:
+        yield orchestrator
+
+
+@pytest.fixture
+def spawn(worker_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Callable[..., subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+
+    def start(**extra: str) -> subprocess.Popen[str]:
+        env = {**worker_env, "LEASE_TTL_SECONDS": "2", "SWEEP_INTERVAL_SECONDS": "0.5", "MAX_WORKERS": "4", **extra}
+        log = (tmp_path / f"engine-{len(started)}.log").open("w")
+        proc = subprocess.Popen(
+            [sys.executable, str(ENGINE_SCRIPT)], env=env, stdout=subprocess.PIPE, stderr=log, text=True
+        )
+        log.close()
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "ready" in line, (tmp_path / f"engine-{len(started)}.log").read_text()
+        started.append(proc)
+        return proc
+
+    yield start  # type: ignore[misc]
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+async def wait_for(predicate: Callable[[], object], timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        while not await predicate():  # type: ignore[misc]
+            await asyncio.sleep(0.05)
+
+
+async def status_of(orch: Orchestrator, pid: UUID) -> str:
+    return str((await services.get_process(pid, orchestrator=orch))["last_status"])
+
+
+async def test_runner_killed_mid_step_is_taken_over(
+    creator: Orchestrator, spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
+    pids = [await services.start_process("tf_slow", [{}], orchestrator=creator) for _ in range(3)]
+    first = spawn(TF_SLOW_SECONDS="3")
+    pool = creator.store.pool
+
+    async def all_in_slow_step() -> bool:
+        rows = [await step_rows(pool, pid) for pid in pids]
+        return all(r == [("Start", "success")] for r in rows)
+
+    await wait_for(all_in_slow_step, 15)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert {await status_of(creator, pid) for pid in pids} == {"running"}  # stranded, until the lease expires
+    spawn(TF_SLOW_SECONDS="0.1")
+
+    async def all_completed() -> bool:
+        return {await status_of(creator, pid) for pid in pids} == {"completed"}
+
+    await wait_for(all_completed, 30)
+    for pid in pids:
+        assert await step_rows(pool, pid) == SLOW_STEPS  # each step logged once
+
+
+async def test_sigterm_drains_and_the_next_start_continues(
+    creator: Orchestrator, spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
+    pids = [await services.start_process("tf_slow", [{}], orchestrator=creator) for _ in range(4)]
+    first = spawn(TF_SLOW_SECONDS="1.5", MAX_WORKERS="2", SHUTDOWN_TIMEOUT_SECONDS="10")
+    pool = creator.store.pool
+
+    async def two_in_the_slow_step() -> bool:
+        rows = [await step_rows(pool, pid) for pid in pids]
+        return rows.count([("Start", "success")]) == 2
+
+    await wait_for(two_in_the_slow_step, 15)
+    first.send_signal(signal.SIGTERM)
+    out, _ = first.communicate(timeout=20)
+    assert first.returncode == 0, out
+    assert "drained" in out
+    statuses = [await status_of(creator, pid) for pid in pids]
+    # The two in flight finished their step and were left resumable; the queued two never started.
+    assert sorted(statuses) == ["created", "created", "resumed", "resumed"], statuses
+    # The steps in flight finished during the drain; nothing started after SIGTERM.
+    rows = sorted([await step_rows(pool, pid) for pid in pids], key=len)
+    assert rows == [[], [], [("Start", "success"), ("Slow", "success")], [("Start", "success"), ("Slow", "success")]]
+    spawn(TF_SLOW_SECONDS="0.05")
+
+    async def all_completed() -> bool:
+        return {await status_of(creator, pid) for pid in pids} == {"completed"}
+
+    await wait_for(all_completed, 30)
+    for pid in pids:
+        assert await step_rows(pool, pid) == SLOW_STEPS
+
+
+async def test_a_fenced_out_runner_cannot_commit(orch: Orchestrator) -> None:
+    pid = await services.start_process("tf_input", [{"size": 1}], orchestrator=orch)
+    await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        while await status_of(orch, pid) != "suspended":
+            await asyncio.sleep(0.01)
+    await orch.store.pool.execute("UPDATE processes SET last_status = 'resumed' WHERE pid = $1", pid)
+    claim = await orch.store.claim(pid, statuses=["resumed"], owner="old", lease_ttl=0.01, user="x")
+    assert claim is not None
+    await asyncio.sleep(0.05)
+    async with orch.store.transaction() as tx:
+        taken = await orch.store.take_over_expired(tx)
+    assert [ref.pid for ref in taken] == [pid]
+    ok, _, _ = await orch.store.log_step(
+        pid=pid,
+        token=claim.token,
+        process_status="running",
+        step_name="late",
+        assignee="SYSTEM",
+        failed_reason=None,
+        traceback=None,
+        step_status="success",
+        state={},
+        created_by="old",
+        started_at=None,
+        replace_stepid=None,
+        lease_ttl=1.0,
+    )
+    assert ok is False
+    assert ("late", "success") not in await step_rows(orch.store.pool, pid)
