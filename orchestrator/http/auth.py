@@ -1,0 +1,113 @@
+"""Who may do what over HTTP.
+
+Three layers, outermost first:
+- `API_TOKEN`: when set, every request but the health check needs `Authorization: Bearer <token>` (a websocket
+  may offer it as `Sec-WebSocket-Protocol: base64.bearer.token, <token>` or `?token=`, as browsers cannot set
+  headers on websockets);
+- the app's `Authorizer`: given the connection, an action and the workflow key or process id it concerns, yes or no
+  (default: yes);
+- the workflow's and steps' own callbacks, which the Python API applies to the request's user model.
+
+The user model is `scope["user"]`, set by whatever authentication middleware the deployment wraps around the app
+(Starlette's `AuthenticationMiddleware`, an OIDC middleware, ...); its name is the reporter unless `?reporter=`
+overrides it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Literal, Protocol
+
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from orchestrator import jsonutil
+from orchestrator.http.problems import InvalidRequestError, Problem
+from orchestrator.types import SYSTEM_USER
+
+Action = Literal["read", "start", "resume", "retry", "abort", "delete", "update", "callback", "resume_all", "engine"]
+
+WS_AUTH_SUBPROTOCOL = "base64.bearer.token"
+REPORTER_MAX_LENGTH = 100
+PUBLIC_PATHS = frozenset({"/api/health"})
+
+
+class Authorizer(Protocol):
+    async def __call__(self, conn: HTTPConnection, action: Action, resource: str | None) -> bool:
+        """May this connection do `action` on `resource` (a workflow key or a process id; None for collections)?"""
+
+
+async def allow_all(conn: HTTPConnection, action: Action, resource: str | None) -> bool:
+    return True
+
+
+def user_model(conn: HTTPConnection) -> Any:
+    return conn.scope.get("user")
+
+
+def user_name(conn: HTTPConnection) -> str:
+    """`?reporter=` if given (at most 100 characters), else the user model's name, else SYSTEM."""
+    reporter = conn.query_params.get("reporter")
+    if reporter is not None:
+        if len(reporter) > REPORTER_MAX_LENGTH:
+            raise InvalidRequestError.at(
+                "query",
+                "reporter",
+                msg=f"String should have at most {REPORTER_MAX_LENGTH} characters",
+                kind="string_too_long",
+                input=reporter,
+            )
+        return reporter
+    user = user_model(conn)
+    if getattr(user, "is_authenticated", False):
+        return str(user.display_name)
+    if isinstance(user, dict):
+        return str(user.get("name") or user.get("user_name") or SYSTEM_USER)
+    return SYSTEM_USER
+
+
+def websocket_token(scope: Scope) -> tuple[bool, str | None]:
+    """(well formed, token) from the offered subprotocols or the `token` query parameter."""
+    offered = list(scope.get("subprotocols") or ())
+    if offered:
+        if len(offered) == 2 and offered[0] == WS_AUTH_SUBPROTOCOL:
+            return True, offered[1]
+        return False, None
+    return True, HTTPConnection(scope).query_params.get("token")
+
+
+async def reject_websocket(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
+    """orchestrator-core's refusal: accept (with the auth subprotocol if offered), send the error, close 1008."""
+    await receive()
+    subprotocol = WS_AUTH_SUBPROTOCOL if scope.get("subprotocols") else None
+    await send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": []})
+    error = {"error": {"status_code": status, "detail": detail, "headers": None}}
+    await send({"type": "websocket.send", "text": jsonutil.dumps_str(error)})
+    await send({"type": "websocket.close", "code": 1008, "reason": ""})
+
+
+class BearerTokenMiddleware:
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    def _matches(self, offered: str | None) -> bool:
+        return offered is not None and secrets.compare_digest(offered.encode(), self.token)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS:
+            scheme, _, credentials = HTTPConnection(scope).headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not self._matches(credentials.strip()):
+                problem = Problem(401, "A valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+                await problem(scope, receive, send)
+                return
+        elif scope["type"] == "websocket":
+            well_formed, offered = websocket_token(scope)
+            if not well_formed:
+                await receive()
+                await send({"type": "websocket.close", "code": 1002, "reason": ""})
+                return
+            if not self._matches(offered):
+                await reject_websocket(scope, receive, send, 401, "A valid bearer token is required")
+                return
+        await self.app(scope, receive, send)

@@ -1,0 +1,57 @@
+"""Reading a request's parameters and body. Anything that does not fit is a 422 problem, never a 500: bodies are
+parsed by orjson (which refuses what PostgreSQL could not store, such as lone surrogates) and then validated by the
+operation's declared body type.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import orjson
+from pydantic import ValidationError
+from starlette.requests import Request
+
+from orchestrator.http.auth import REPORTER_MAX_LENGTH
+from orchestrator.http.problems import InvalidRequestError, plain_errors
+from orchestrator.http.routing import Param, adapter
+
+PROCESS_ID = Param("process_id", "path", {"type": "string", "format": "uuid"}, "The process id", required=True)
+REPORTER = Param("reporter", "query", {"type": "string", "maxLength": REPORTER_MAX_LENGTH}, "Who to record as the user")
+
+
+def path_uuid(request: Request, name: str) -> UUID:
+    text = request.path_params[name]
+    try:
+        return UUID(text)
+    except ValueError:
+        raise InvalidRequestError.at(
+            "path", name, msg="Input should be a valid UUID", kind="uuid_parsing", input=text
+        ) from None
+
+
+async def json_body(request: Request, model: Any) -> Any:
+    """The body, parsed as JSON and validated against `model` (the operation's declared body type)."""
+    raw = await request.body()
+    if not raw.strip():
+        raise InvalidRequestError.at("body", msg="Field required", kind="missing", detail="A JSON body is required")
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError.at(
+            "body", msg=f"Invalid JSON: {exc}", kind="json_invalid", detail="The body is not valid JSON"
+        ) from None
+    try:
+        return adapter(model).validate_python(value)
+    except ValidationError as exc:
+        errors = [{**error, "loc": ["body", *error["loc"]]} for error in exc.errors(include_url=False)]
+        raise InvalidRequestError(plain_errors(errors), "The body does not fit the operation") from None
+
+
+async def text_body(request: Request) -> str:
+    try:
+        return (await request.body()).decode()
+    except UnicodeDecodeError:
+        raise InvalidRequestError.at(
+            "body", msg="The body is not valid UTF-8", kind="unicode_decode", detail="The body is not text"
+        ) from None

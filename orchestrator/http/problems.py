@@ -1,0 +1,161 @@
+"""Every error leaves the API as an RFC 9457 problem (`application/problem+json`), with orchestrator-core's extra
+keys (`validation_errors`, `form`), so clients parse one shape whatever went wrong and never see a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any, Self, cast
+
+import asyncpg
+import structlog
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from orchestrator import jsonutil
+from orchestrator.exceptions import (
+    ActionNotAllowedError,
+    CallbackTokenError,
+    EngineLockedError,
+    NotAuthorizedError,
+    OrchestratorError,
+    ProcessNotFoundError,
+    ProcessStatusError,
+    StartPredicateError,
+    WorkflowNotFoundError,
+)
+from orchestrator.forms import FormNotCompleteError, FormOverflowError, FormValidationError
+from orchestrator.queries import QueryError
+
+logger = structlog.get_logger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+STATUS_OF: Mapping[type[OrchestratorError], int] = {
+    WorkflowNotFoundError: 404,
+    ProcessNotFoundError: 404,
+    CallbackTokenError: 404,
+    NotAuthorizedError: 403,
+    StartPredicateError: 412,
+    ProcessStatusError: 409,
+    EngineLockedError: 503,
+    ActionNotAllowedError: 400,
+}
+
+
+class Problem(Response):
+    media_type = PROBLEM_MEDIA_TYPE
+
+    def __init__(
+        self,
+        status: int,
+        detail: str | None = None,
+        *,
+        title: str | None = None,
+        type: str = "about:blank",
+        headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        body = {"type": type, "title": title or phrase, "status": status, "detail": detail or phrase, **extra}
+        super().__init__(jsonutil.dumps(body), status_code=status, headers=headers)
+
+
+class InvalidRequestError(Exception):
+    """A request whose parameters or body do not fit the operation (422, with pydantic-style errors)."""
+
+    def __init__(self, errors: list[dict[str, Any]], detail: str = "The request is not valid") -> None:
+        super().__init__(detail)
+        self.errors = errors
+        self.detail = detail
+
+    @classmethod
+    def at(cls, *loc: str, msg: str, kind: str, detail: str = "The request is not valid", **extra: Any) -> Self:
+        """One error at `loc` (`"path", "process_id"`), in pydantic's shape."""
+        return cls([{"loc": list(loc), "msg": msg, "type": kind, **extra}], detail)
+
+
+def plain_errors(errors: Any) -> list[dict[str, Any]]:
+    """pydantic error dicts made JSON-safe: `ctx` may hold the exception objects validators raised."""
+    result = []
+    for error in errors:
+        item = {k: v for k, v in dict(error).items() if k != "ctx"}
+        if "ctx" in error:
+            item["ctx"] = {
+                k: v if isinstance(v, str | int | float | bool | None) else str(v) for k, v in error["ctx"].items()
+            }
+        result.append(item)
+    return cast(list[dict[str, Any]], jsonutil.normalise({"errors": result})["errors"])
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return Problem(exc.status_code, exc.detail, headers=exc.headers)
+
+
+async def orchestrator_error(request: Request, exc: Exception) -> Response:
+    status = next((STATUS_OF[cls] for cls in type(exc).__mro__ if cls in STATUS_OF), None)
+    if status is None:
+        return await server_error(request, exc)
+    return Problem(status, str(exc))
+
+
+async def invalid_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, InvalidRequestError)
+    return Problem(422, exc.detail, validation_errors=exc.errors)
+
+
+async def invalid_query(request: Request, exc: Exception) -> Response:
+    return Problem(400, str(exc))
+
+
+async def form_invalid(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, FormValidationError)
+    return Problem(
+        400, str(exc), type="FormValidationError", title="Form not valid", validation_errors=plain_errors(exc.errors)
+    )
+
+
+async def form_incomplete(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, FormNotCompleteError)
+    return Problem(
+        510,
+        "The form needs another page",
+        type="FormNotCompleteError",
+        title="Form not complete",
+        form=exc.form,
+        meta=exc.meta,
+    )
+
+
+async def form_overflow(request: Request, exc: Exception) -> Response:
+    return Problem(400, "More pages were sent than the form has", type="FormOverflowError", title="Form overflow")
+
+
+async def data_refused(request: Request, exc: Exception) -> Response:
+    """PostgreSQL refused a value from the request (a NUL character, an out-of-range date): bad input, not a bug."""
+    return Problem(422, f"A value was refused by the database: {exc}")
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    logger.error("unhandled error", path=request.url.path, method=request.method, exc_info=exc)
+    return Problem(500, "An unexpected error occurred; it has been logged")
+
+
+HANDLERS: Mapping[Any, Any] = {
+    HTTPException: http_error,
+    OrchestratorError: orchestrator_error,
+    InvalidRequestError: invalid_request,
+    QueryError: invalid_query,
+    FormValidationError: form_invalid,
+    FormNotCompleteError: form_incomplete,
+    FormOverflowError: form_overflow,
+    asyncpg.DataError: data_refused,
+    Exception: server_error,
+}
+"""Starlette `exception_handlers`; the `Exception` entry becomes the outermost 500 handler."""

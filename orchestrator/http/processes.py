@@ -1,0 +1,278 @@
+"""`/api/processes`: orchestrator-core's paths, bodies and status codes, on the Python API (`services`)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from orchestrator import queries, services
+from orchestrator.exceptions import ProcessNotFoundError
+from orchestrator.http import listing
+from orchestrator.http.auth import user_model, user_name
+from orchestrator.http.context import context
+from orchestrator.http.models import (
+    CallbackPayload,
+    Count,
+    Created,
+    FormIncompleteProblem,
+    NotePatch,
+    ProcessOut,
+    ProgressPayload,
+    ResumePages,
+    StartPages,
+    StatusCounts,
+    ValidationProblem,
+)
+from orchestrator.http.params import PROCESS_ID, REPORTER, json_body, path_uuid, text_body
+from orchestrator.http.routing import Api, Body, Param, Reply, json_reply
+from orchestrator.types import FAILED_STATUSES
+
+api = Api("processes")
+
+NOT_FOUND = Reply(404, "No such process")
+ENGINE_PAUSED = Reply(503, "The engine is paused")
+FORM_INVALID = Reply(400, "A form page is not valid (`validation_errors`)", ValidationProblem)
+FORM_INCOMPLETE = Reply(510, "The form needs another page (`form`: its JSON schema)", FormIncompleteProblem)
+TOKEN = Param("token", "path", {"type": "string"}, "The callback token from the process state", required=True)
+ETAG = "Weak validator of the listed rows"
+
+
+@api.operation(
+    "GET",
+    "/api/processes",
+    summary="List processes",
+    params=[
+        Param("filter", "query", {"type": "string"}, "field,value,... (see this operation's description)"),
+        Param("sort", "query", {"type": "string"}, "field,asc|desc,..."),
+        Param("range", "query", {"type": "string"}, "start,end: rows [start, end)"),
+        Param("If-None-Match", "header", {"type": "string"}, "An ETag of an earlier answer"),
+    ],
+    replies=[
+        Reply(
+            200,
+            "Processes (without steps, state and form)",
+            list[ProcessOut],
+            headers={"ETag": ETAG, "Content-Range": "processes start-end/total, with `range`"},
+        ),
+        Reply(304, "Unchanged since the ETag in If-None-Match", headers={"ETag": ETAG}),
+        Reply(400, "Invalid filter, sort or range"),
+    ],
+)
+async def list_processes(request: Request) -> Response:
+    """orchestrator-core's query language: `filter=lastStatus,completed-failed,isTask,false`,
+    `sort=startedAt,desc`, `range=0,25`; see the module documentation of `orchestrator.http.listing`."""
+    ctx = context(request)
+    await ctx.authorize(request, "read")
+    query = request.query_params
+    window = listing.parse_range(query.get("range"))
+    rows, total = await queries.list_processes(
+        ctx.pool, listing.parse_filter(query.get("filter")), listing.parse_sort(query.get("sort")), window
+    )
+    tag = listing.etag(rows)
+    headers = {"ETag": f'W/"{tag}"'}
+    if listing.matches(request.headers.get("if-none-match"), tag):
+        return Response(status_code=304, headers=headers)
+    if window is not None:
+        headers["Content-Range"] = f"processes {window[0]}-{window[1]}/{total}"
+    return json_reply(list[ProcessOut], rows, headers=headers)
+
+
+@api.operation(
+    "GET",
+    "/api/processes/status-counts",
+    summary="Count processes and tasks by status",
+    replies=[Reply(200, "Only statuses that occur", StatusCounts)],
+)
+async def status_counts(request: Request) -> Response:
+    ctx = context(request)
+    await ctx.authorize(request, "read")
+    return json_reply(StatusCounts, await services.status_counts(orchestrator=ctx.orchestrator))
+
+
+@api.operation(
+    "PUT",
+    "/api/processes/resume-all",
+    summary="Retry every failed, waiting, api_unavailable and inconsistent_data task",
+    params=[REPORTER],
+    replies=[Reply(200, "How many tasks were found; they are retried in the background", Count), ENGINE_PAUSED],
+)
+async def resume_all(request: Request) -> Response:
+    ctx = context(request)
+    await ctx.authorize(request, "resume_all")
+    count = await services.resume_all(user=user_name(request), orchestrator=ctx.orchestrator)
+    return json_reply(Count, {"count": count})
+
+
+@api.operation(
+    "POST",
+    "/api/processes/{workflow_key}",
+    summary="Start a process",
+    params=[Param("workflow_key", "path", {"type": "string"}, "The workflow's key", required=True), REPORTER],
+    body=Body(StartPages, "The initial form's pages, one object each (`[{}]` without a form)"),
+    replies=[
+        Reply(201, "Created and dispatched", Created),
+        Reply(404, "No such workflow"),
+        FORM_INVALID,
+        Reply(412, "The workflow's run predicate refused the start"),
+        FORM_INCOMPLETE,
+        ENGINE_PAUSED,
+    ],
+)
+async def start_process(request: Request) -> Response:
+    """Form errors, a refused predicate and a paused engine write nothing."""
+    ctx = context(request)
+    key = request.path_params["workflow_key"]
+    await ctx.authorize(request, "start", key)
+    user = user_name(request)
+    pages = await json_body(request, StartPages)
+    pid = await services.start_process(
+        key, pages, user=user, user_model=user_model(request), orchestrator=ctx.orchestrator
+    )
+    return json_reply(Created, {"id": pid}, status=201)
+
+
+@api.operation(
+    "GET",
+    "/api/processes/{process_id}",
+    summary="Get a process with its steps, current state and the form it waits on",
+    params=[PROCESS_ID],
+    replies=[Reply(200, "The process", ProcessOut), NOT_FOUND],
+)
+async def get_process(request: Request) -> Response:
+    """`steps` lists the executed step rows, then `{name, status: "pending"}` for each remaining step."""
+    ctx = context(request)
+    pid = path_uuid(request, "process_id")
+    await ctx.authorize(request, "read", str(pid))
+    return json_reply(ProcessOut, await services.get_process(pid, orchestrator=ctx.orchestrator))
+
+
+@api.operation(
+    "PATCH",
+    "/api/processes/{process_id}",
+    summary="Change a process's note",
+    params=[PROCESS_ID],
+    body=Body(NotePatch, "The fields to change"),
+    replies=[Reply(200, "The process", ProcessOut), NOT_FOUND],
+)
+async def update_process(request: Request) -> Response:
+    ctx = context(request)
+    pid = path_uuid(request, "process_id")
+    await ctx.authorize(request, "update", str(pid))
+    patch: NotePatch = await json_body(request, NotePatch)
+    if "note" in patch.model_fields_set:
+        if not await queries.set_note(ctx.pool, pid, patch.note):
+            raise ProcessNotFoundError(pid)
+        ctx.orchestrator.store.events.publish({"pid": str(pid), "note": True})
+    return json_reply(ProcessOut, await services.get_process(pid, orchestrator=ctx.orchestrator))
+
+
+@api.operation(
+    "DELETE",
+    "/api/processes/{process_id}",
+    summary="Delete a task's process",
+    params=[PROCESS_ID],
+    replies=[Reply(204, "Deleted"), Reply(400, "Not a task: only tasks can be deleted"), NOT_FOUND],
+)
+async def delete_process(request: Request) -> Response:
+    ctx = context(request)
+    pid = path_uuid(request, "process_id")
+    await ctx.authorize(request, "delete", str(pid))
+    await services.delete_process(pid, orchestrator=ctx.orchestrator)
+    ctx.orchestrator.store.events.publish({"pid": str(pid), "status": "deleted"})
+    return Response(status_code=204)
+
+
+@api.operation(
+    "PUT",
+    "/api/processes/{process_id}/resume",
+    summary="Resume a suspended process with its form's pages, or retry a failed one",
+    params=[PROCESS_ID, REPORTER],
+    body=Body(ResumePages, "The waiting step's form pages (`[{}]` or `{}` to retry)"),
+    replies=[
+        Reply(204, "Resumed and dispatched"),
+        FORM_INVALID,
+        NOT_FOUND,
+        Reply(409, "The process's status cannot be resumed"),
+        FORM_INCOMPLETE,
+        ENGINE_PAUSED,
+    ],
+)
+async def resume_process(request: Request) -> Response:
+    """The authorizer is asked for `retry` when the process failed (failed, waiting, api_unavailable,
+    inconsistent_data) and for `resume` otherwise. Form errors write nothing."""
+    ctx = context(request)
+    pid = path_uuid(request, "process_id")
+    summary = await queries.process_summary(ctx.pool, pid)
+    if summary is None:
+        raise ProcessNotFoundError(pid)
+    await ctx.authorize(request, "retry" if summary["last_status"] in FAILED_STATUSES else "resume", str(pid))
+    user = user_name(request)
+    pages = await json_body(request, ResumePages)
+    await services.resume_process(
+        pid,
+        pages if isinstance(pages, list) else [pages],
+        user=user,
+        user_model=user_model(request),
+        orchestrator=ctx.orchestrator,
+    )
+    return Response(status_code=204)
+
+
+@api.operation(
+    "PUT",
+    "/api/processes/{process_id}/abort",
+    summary="Abort a process (a no-op once it is completed)",
+    params=[PROCESS_ID, REPORTER],
+    replies=[Reply(204, "Aborted"), NOT_FOUND],
+)
+async def abort_process(request: Request) -> Response:
+    ctx = context(request)
+    pid = path_uuid(request, "process_id")
+    await ctx.authorize(request, "abort", str(pid))
+    await services.abort_process(pid, user=user_name(request), orchestrator=ctx.orchestrator)
+    return Response(status_code=204)
+
+
+CALLBACK_ERRORS = [
+    Reply(404, "No such process, or an invalid token"),
+    Reply(409, "The process is not awaiting a callback"),
+    ENGINE_PAUSED,
+]
+
+
+@api.operation(
+    "POST",
+    "/api/processes/{process_id}/callback/{token}",
+    summary="Deliver an external system's result to a process awaiting it, and continue the process",
+    params=[PROCESS_ID, TOKEN],
+    body=Body(CallbackPayload, "The result, stored in the state under the step's result key"),
+    replies=[Reply(200, "Accepted", type(None)), *CALLBACK_ERRORS],
+)
+async def callback(request: Request) -> Response:
+    ctx = context(request)
+    pid = path_uuid(request, "process_id")
+    await ctx.authorize(request, "callback", str(pid))
+    payload = await json_body(request, CallbackPayload)
+    await services.continue_with_callback(pid, request.path_params["token"], payload, orchestrator=ctx.orchestrator)
+    return json_reply(type(None), None)
+
+
+@api.operation(
+    "POST",
+    "/api/processes/{process_id}/callback/{token}/progress",
+    summary="Report progress of the external work a process is awaiting",
+    params=[PROCESS_ID, TOKEN],
+    body=Body(ProgressPayload, "A JSON object or string, or plain text", text=True),
+    replies=[Reply(200, "Recorded", type(None)), *CALLBACK_ERRORS],
+)
+async def callback_progress(request: Request) -> Response:
+    """Shown in the awaiting step's state as `callback_progress` until the next step."""
+    ctx = context(request)
+    pid = path_uuid(request, "process_id")
+    await ctx.authorize(request, "callback", str(pid))
+    if request.headers.get("content-type", "application/json").startswith("text/"):
+        progress: object = await text_body(request)
+    else:
+        progress = await json_body(request, ProgressPayload)
+    await services.report_callback_progress(pid, request.path_params["token"], progress, orchestrator=ctx.orchestrator)
+    return json_reply(type(None), None)
