@@ -1,0 +1,382 @@
+"""Distributed mode (EXECUTOR=dramatiq, alias celery): the API records and dispatches, Dramatiq workers run.
+
+Dispatch is a transactional outbox. `DramatiqExecutor.start`/`resume` insert an `outbox` row in the transaction
+that creates or resumes the process, so the status change and its dispatch commit together or not at all; an
+`OutboxRelay` (one in every API process and in every worker process) publishes the rows to RabbitMQ with
+publisher confirms and deletes them. After the commit the local relay is woken and `orchestrator_outbox` is
+NOTIFYed for the others (batched, off the data path: a NOTIFY inside the transaction would serialise commits on
+PostgreSQL's notify lock; relays also poll, so a lost notification only delays). RabbitMQ down: the API still
+answers, the rows wait, and any relay publishes them once RabbitMQ is back. The API never runs steps here.
+
+`WorkerRuntime` is what one Dramatiq worker process runs behind the actors of `orchestrator.actors`: one pool,
+one engine, one runner, one sweeper and one relay, all on the worker's AsyncIO event loop.
+
+Ack strategy. RabbitMQ closes a channel whose delivery stays unacknowledged for `consumer_timeout` (30 minutes),
+so a message must not stay unacked for the length of a run. A delivery waits for a free run slot (as many slots
+as the worker has threads), claims the process (compare-and-set `created` → running for new, `resumed` → running
+for resume), starts the run as a task on the event loop and returns, and Dramatiq acks. From the claim on, the
+lease in PostgreSQL is the durable record, not the message: a worker that dies mid-run stops renewing its lease,
+a sweeper (in any API or worker) marks the process `resumed` with a bumped fencing token and writes a re-dispatch
+to the outbox, and the dead worker can never commit again. A delivery that finds no slot within
+`DELIVERY_WAIT_SECONDS`, or arrives while the worker shuts down, hands the dispatch back through the outbox and
+is acked; so even a prefetched message is acked within twice that wait, far below `consumer_timeout`. A delivery
+that cannot claim (duplicate, stale, engine paused) is acked and logged, never run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from typing import Any
+from uuid import UUID
+
+import structlog
+
+from brokers.dramatiq import queue_declarations
+from brokers.rabbitmq import Publisher
+from orchestrator.app import Orchestrator
+from orchestrator.engine import Engine
+from orchestrator.outbox import OutboxRelay
+from orchestrator.runner import CLAIMABLE, RunKind, Runner
+from orchestrator.settings import AppSettings, ExecutorType
+from orchestrator.store import OUTBOX_CHANNEL, Claim, ProcessRef, Transaction
+
+logger = structlog.get_logger(__name__)
+
+ACTORS: dict[tuple[RunKind, bool], str] = {
+    ("new", True): "new_task",
+    ("new", False): "new_workflow",
+    ("resume", True): "resume_task",
+    ("resume", False): "resume_workflow",
+}
+"""The actor of a dispatch, by (new or resume, is_task): orchestrator-core's four task names."""
+
+DELIVERY_WAIT_SECONDS = 240.0
+"""How long a delivery may wait for the worker to be ready and for a free run slot before it hands the dispatch
+back; a prefetched message is acked within about twice this, well inside RabbitMQ's 30-minute consumer_timeout."""
+
+DRAIN_TIMEOUT_SECONDS = 10.0
+"""Bound on the last outbox drain at close (the broker may be down: the rows then wait for another relay)."""
+
+# A dispatch already waiting in the outbox and not being published right now is not written twice (the sweeper
+# dispatches again every REDISPATCH_AFTER_SECONDS while RabbitMQ is down). The found row is locked until commit, so
+# a relay cannot publish and delete it before this transaction's status change is visible.
+_ENQUEUE = """
+WITH waiting AS (
+    SELECT id FROM outbox WHERE pid = $3 AND actor = $2 AND queue = $1 AND run_by = $4
+     LIMIT 1 FOR UPDATE SKIP LOCKED
+)
+INSERT INTO outbox (queue, actor, pid, run_by) SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM waiting)
+"""
+
+_DISPATCH_OF = """
+SELECT p.is_task, w.target, p.last_status
+  FROM processes p JOIN workflows w ON w.workflow_id = p.workflow_id
+ WHERE p.pid = $1
+   FOR UPDATE OF p
+"""
+
+
+def actor_for(kind: RunKind, *, is_task: bool) -> str:
+    return ACTORS[(kind, is_task)]
+
+
+class DramatiqExecutor:
+    """Dispatch through the outbox; run the outbox relay while open. Runs no steps itself."""
+
+    kind = "dramatiq"
+
+    def __init__(self, engine: Engine, settings: AppSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.relay: OutboxRelay | None = None
+        self._publisher: Publisher | None = None
+        self._relay_task: asyncio.Task[None] | None = None
+        self._announced: weakref.WeakSet[Transaction] = weakref.WeakSet()
+
+    async def start(self, tx: Transaction, process: ProcessRef) -> None:
+        await self._dispatch(tx, process, "new")
+
+    async def resume(self, tx: Transaction, process: ProcessRef) -> None:
+        await self._dispatch(tx, process, "resume")
+
+    async def _dispatch(self, tx: Transaction, process: ProcessRef, kind: RunKind) -> None:
+        queue = self.settings.queue_for(is_task=process.is_task, target=process.target)
+        actor = actor_for(kind, is_task=process.is_task)
+        await tx.conn.execute(_ENQUEUE, queue, actor, process.pid, process.user)
+        if tx not in self._announced:  # once per transaction, however many dispatches it holds
+            self._announced.add(tx)
+            tx.on_commit(self._committed)
+
+    def _committed(self) -> None:
+        self.wake()
+        self.engine.store.events.publish({}, channel=OUTBOX_CHANNEL)
+
+    def wake(self) -> None:
+        """Publish now: this process's relay need not wait for the notification."""
+        if self.relay is not None:
+            self.relay.wake()
+
+    async def open(self) -> None:
+        # Connects lazily: the API starts, and accepts processes, while RabbitMQ is down.
+        self._publisher = Publisher(self.settings.BROKER_URL, declarations=queue_declarations)
+        self.relay = OutboxRelay(self.engine.store.pool, self._publisher)
+        self._relay_task = asyncio.create_task(self.relay.run(), name="outbox-relay")
+
+    async def close(self) -> None:
+        """Publish what is waiting (bounded), then stop the relay; unpublished rows wait for another relay."""
+        relay, task, publisher = self.relay, self._relay_task, self._publisher
+        self.relay = self._relay_task = self._publisher = None
+        if relay is not None:
+            try:
+                async with asyncio.timeout(DRAIN_TIMEOUT_SECONDS):
+                    await relay.drain()
+            except Exception as exc:  # broker or database down: the rows stay in the outbox
+                logger.warning("outbox not drained at close; another relay publishes the rest", error=repr(exc))
+            relay.stop()
+        if task is not None:
+            with suppress(asyncio.CancelledError):
+                await task
+        if publisher is not None:
+            await publisher.close()
+
+
+class WorkerRuntime:
+    """Everything one Dramatiq worker process needs, opened on its event loop: see the module docstring."""
+
+    def __init__(
+        self,
+        settings: AppSettings,
+        *,
+        queues: Sequence[str],
+        threads: int,
+        delivery_wait: float = DELIVERY_WAIT_SECONDS,
+    ) -> None:
+        self.settings = settings.model_copy(update={"EXECUTOR": ExecutorType.DRAMATIQ})
+        self.queues = list(queues)
+        self.threads = threads
+        self.delivery_wait = delivery_wait
+        self.orch: Orchestrator | None = None
+        self.runner: Runner | None = None
+        self._free = threads
+        self._slot_freed = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._stopping = False
+        self._stop = asyncio.Event()
+        self._runs: set[asyncio.Task[None]] = set()
+        self._opening: asyncio.Task[None] | None = None
+        self._abandoned = 0
+
+    @property
+    def executor(self) -> DramatiqExecutor:
+        assert self.orch is not None
+        executor = self.orch.executor
+        assert isinstance(executor, DramatiqExecutor)
+        return executor
+
+    # --- lifecycle --------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open in the background (call on the event loop): the worker boots even while PostgreSQL is
+        unreachable, and deliveries wait for it (bounded)."""
+        self._opening = asyncio.create_task(self.open(), name="worker-open")
+
+    async def open(self) -> None:
+        """Open, retrying while the database is unreachable (deliveries wait for it, bounded)."""
+        backoff = 1.0
+        while not self._stopping:
+            try:
+                await self._open_once()
+            except Exception as exc:
+                logger.error("worker could not open; retrying", error=repr(exc), retry_in=backoff)
+                await self._close_orchestrator()
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(backoff):
+                        await self._stop.wait()
+                backoff = min(backoff * 2, 30.0)
+            else:
+                self._ready.set()
+                assert self.runner is not None
+                logger.info("worker ready", worker=self.runner.owner_id, queues=self.queues, threads=self.threads)
+                return
+
+    async def _open_once(self) -> None:
+        self.orch = orch = await Orchestrator(self.settings).open()
+        self.runner = Runner(
+            orch.engine, kind="dramatiq", queues=self.queues, capacity=self.threads, redispatch=self.executor.resume
+        )
+        await self.runner.open()
+
+    async def drain(self, timeout: float) -> bool:
+        """SIGTERM: take nothing new; running processes finish their current step and yield (`resumed`, dispatched
+        again); wait for them up to `timeout`. True when none is left."""
+        self._stopping = True
+        self._stop.set()
+        if self.runner is not None:
+            self.runner.stopping = True
+        runs = set(self._runs)
+        if runs:
+            logger.info("waiting for running steps to finish", processes=len(runs), timeout=timeout)
+            _, pending = await asyncio.wait(runs, timeout=timeout)
+            if pending:
+                self._abandoned = len(pending)
+                logger.warning(
+                    "steps still running at shutdown; their leases expire and other workers take them over",
+                    processes=len(pending),
+                )
+                return False
+        return True
+
+    async def close(self) -> int:
+        """After Dramatiq stopped consuming: publish the re-dispatches, deregister, close the pool. Return how many
+        runs were abandoned (a sync step still running: its outcome can no longer be committed)."""
+        if not self._stopping:
+            await self.drain(timeout=self.settings.SHUTDOWN_TIMEOUT_SECONDS)
+        if self._opening is not None and not self._opening.done():
+            self._opening.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._opening
+        for task in list(self._runs):
+            task.cancel()
+        if self._runs:
+            # A sync step cannot be interrupted; do not wait for it (its lease expires, its outcome is refused).
+            await asyncio.wait(set(self._runs), timeout=1.0)
+        abandoned = max(self._abandoned, len(self._runs))
+        if self.runner is not None:
+            await self.runner.close()
+        await self._close_orchestrator()
+        logger.info("worker closed", abandoned_runs=abandoned)
+        return abandoned
+
+    async def _close_orchestrator(self) -> None:
+        orch, self.orch = self.orch, None
+        if orch is not None:
+            await orch.close()
+
+    # --- deliveries ---------------------------------------------------------------------------------------------
+
+    async def deliver(self, kind: RunKind, process_id: Any, user: str | None) -> None:
+        """Handle one message; returns (→ ack) once the process is claimed and running, or the delivery is done
+        with. Never raises for a process-level reason: nothing here is worth a Dramatiq retry."""
+        log = logger.bind(process_id=str(process_id), run=kind)
+        try:
+            pid = UUID(str(process_id))
+        except ValueError:
+            log.error("message dropped: process_id is not a UUID")
+            return
+        deadline = time.monotonic() + self.delivery_wait
+        if not await self._wait(self._ready_or_stopping, self._ready, deadline) or not self._ready.is_set():
+            log.warning(
+                "worker not ready (database unreachable?); delivery dropped, the sweeper dispatches the process again"
+            )
+            return
+        if not await self._wait(self._slot_or_stopping, self._slot_freed, deadline) or self._stopping:
+            await self._hand_back(pid, kind, user, log, reason="shutdown" if self._stopping else "no free slot")
+            return
+        self._free -= 1
+        started = False
+        try:
+            started = await self._claim_and_start(pid, kind, user, log)
+        except Exception:
+            log.exception("claim failed; the sweeper dispatches the process again")
+        finally:
+            if not started:
+                self._release_slot()
+
+    async def _claim_and_start(self, pid: UUID, kind: RunKind, user: str | None, log: Any) -> bool:
+        runner = self.runner
+        assert runner is not None
+        claim = await runner.claim(pid, kind, user)
+        if claim is None:
+            return False
+        task = asyncio.create_task(self._run(claim), name=f"run-{pid}")
+        self._runs.add(task)
+        task.add_done_callback(self._runs.discard)
+        log.info("claimed", worker=runner.owner_id, token=claim.token)
+        return True
+
+    async def _run(self, claim: Claim) -> None:
+        runner = self.runner
+        assert runner is not None
+        try:
+            await runner.run_claimed(claim)
+        except Exception:
+            logger.exception("run crashed; the process is taken over once its lease expires", process_id=str(claim.pid))
+        finally:
+            self._release_slot()
+
+    async def _hand_back(self, pid: UUID, kind: RunKind, user: str | None, log: Any, *, reason: str) -> None:
+        """Dispatch again through the outbox (if the process still waits for this kind of run), then ack."""
+        try:
+            async with self.executor.engine.store.transaction() as tx:
+                row = await tx.conn.fetchrow(_DISPATCH_OF, pid)
+                if row is None or row["last_status"] not in CLAIMABLE[kind]:
+                    log.info("stale delivery acknowledged", reason=reason)
+                    return
+                ref = ProcessRef(pid, row["is_task"], row["target"], user or "SYSTEM")
+                await (self.executor.start if kind == "new" else self.executor.resume)(tx, ref)
+            log.info("delivery handed back through the outbox", reason=reason)
+        except Exception:
+            log.exception("hand-back failed; the sweeper dispatches the process again", reason=reason)
+
+    # --- waiting ------------------------------------------------------------------------------------------------
+
+    def _release_slot(self) -> None:
+        self._free += 1
+        self._slot_freed.set()
+
+    def _ready_or_stopping(self) -> bool:
+        return self._ready.is_set() or self._stopping
+
+    def _slot_or_stopping(self) -> bool:
+        return self._free > 0 or self._stopping
+
+    async def _wait(self, condition: Callable[[], bool], event: asyncio.Event, deadline: float) -> bool:
+        """Wait until `condition()` holds, re-checked whenever `event` or the stop event is set; False on timeout."""
+        while not condition():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            event.clear()  # safe: the condition was checked just now, with no await in between
+            waiters = [asyncio.ensure_future(e.wait()) for e in (event, self._stop)]
+            try:
+                await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+        return True
+
+    @property
+    def running(self) -> int:
+        return len(self._runs)
+
+
+async def queue_status(orch: Orchestrator) -> dict[str, dict[str, int]]:
+    """Per Dramatiq queue: workers online and their capacity (from heartbeats), processes queued and running."""
+    s = orch.settings
+    queues = dict.fromkeys([s.WORKFLOWS_QUEUE, s.TASKS_QUEUE, *s.TARGET_QUEUES.values()])
+    status = {q: {"workers_online": 0, "capacity": 0, "queued": 0, "running": 0} for q in queues}
+    pool = orch.store.pool
+    workers = await pool.fetch(
+        """SELECT q AS queue, count(*) AS online, sum(capacity) AS capacity
+             FROM workers, unnest(queues) AS q
+            WHERE heartbeat_at > now() - make_interval(secs => $1) GROUP BY q""",
+        s.LEASE_TTL_SECONDS,
+    )
+    for row in workers:
+        entry = status.setdefault(row["queue"], {"workers_online": 0, "capacity": 0, "queued": 0, "running": 0})
+        entry["workers_online"], entry["capacity"] = int(row["online"]), int(row["capacity"] or 0)
+    processes = await pool.fetch(
+        """SELECT p.is_task, w.target, p.last_status = 'running' AS running, count(*) AS n
+             FROM processes p JOIN workflows w ON w.workflow_id = p.workflow_id
+            WHERE p.last_status IN ('created', 'resumed') OR (p.last_status = 'running' AND p.lease_expires_at > now())
+            GROUP BY 1, 2, 3"""
+    )
+    for row in processes:
+        queue = s.queue_for(is_task=row["is_task"], target=row["target"])
+        entry = status.setdefault(queue, {"workers_online": 0, "capacity": 0, "queued": 0, "running": 0})
+        entry["running" if row["running"] else "queued"] += int(row["n"])
+    return status

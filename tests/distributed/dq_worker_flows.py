@@ -1,0 +1,8 @@
+"""WORKFLOW_MODULES entry for worker subprocesses: registers the distributed tests' workflows globally."""
+
+from dq_flows import REGISTRY
+
+from orchestrator.workflow import register
+
+for _workflow in REGISTRY.values():
+    register(_workflow)
