@@ -20,6 +20,7 @@ from orchestrator.exceptions import (
     StartPredicateError,
     WorkflowNotFoundError,
 )
+from orchestrator.threadpool import ThreadPoolExecutor
 
 
 @pytest.fixture(autouse=True)
@@ -350,7 +351,11 @@ async def test_abort_fences_out_a_running_runner(orch: Orchestrator, monkeypatch
     pid = await start(orch, "tf_slow")
     await wait_status(orch, pid, {"running"})
     await services.abort_process(pid, user="dave", orchestrator=orch)
-    await asyncio.sleep(0.8)  # the slow step ends; its write must be refused
+    executor = orch.executor
+    assert isinstance(executor, ThreadPoolExecutor)
+    async with asyncio.timeout(10):  # the slow step ends and its write is refused
+        while executor.running:
+            await asyncio.sleep(0.01)
     process = await services.get_process(pid, orchestrator=orch)
     assert process["last_status"] == "aborted"
     assert ("Slow", "success") not in await step_rows(orch.store.pool, pid)
