@@ -16,7 +16,7 @@ from orchestrator import database, migrations
 from orchestrator.engine import Engine
 from orchestrator.executor import Executor
 from orchestrator.settings import AppSettings, ExecutorType, load_settings
-from orchestrator.store import Store
+from orchestrator.store import NewProcess, Store, Transaction
 from orchestrator.sweeper import Sweeper
 from orchestrator.workflow import WORKFLOWS, WorkflowRegistry, import_workflow_modules
 
@@ -112,7 +112,7 @@ class Orchestrator:
         from orchestrator.threadpool import ThreadPoolExecutor
 
         if not self.run_processes:
-            return _DispatchOnly()
+            return _DispatchOnly(self.store)
         return ThreadPoolExecutor(self.engine, max_workers=s.MAX_WORKERS, shutdown_timeout=s.SHUTDOWN_TIMEOUT_SECONDS)
 
     async def close(self) -> None:
@@ -144,6 +144,12 @@ class _DispatchOnly:
     sweeper of the program that runs them, which picks up `created`/`resumed` processes at start-up."""
 
     kind = "none"
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def create(self, tx: Transaction, process: NewProcess) -> bool:
+        return await self.store.create_process(tx, process) is not None
 
     async def start(self, tx: object, process: object) -> None:
         return None

@@ -387,11 +387,21 @@ class Monitor:
         return rows
 
     async def listen(self, channel: str, callback: Callable[[], None]) -> None:
-        """LISTEN; PostgreSQL 15 runs one transaction in a listening backend per notification it wakes up
-        for (any channel), so each one received is counted like a statement."""
+        """LISTEN; PostgreSQL 15 runs one transaction in a listening backend each time it wakes it up, for all
+        the notifications then pending, so each batch received (one read: one loop tick) counts as a statement."""
+        loop = asyncio.get_running_loop()
+        woken = False
+
+        def settle() -> None:
+            nonlocal woken
+            woken = False
 
         def received(*_: Any) -> None:
-            self.statements += 1
+            nonlocal woken
+            if not woken:
+                woken = True
+                self.statements += 1
+                loop.call_soon(settle)
             callback()
 
         self.statements += 1

@@ -42,7 +42,7 @@ from orchestrator.engine import Engine
 from orchestrator.outbox import OutboxRelay
 from orchestrator.runner import CLAIMABLE, RunKind, Runner
 from orchestrator.settings import AppSettings, ExecutorType
-from orchestrator.store import OUTBOX_CHANNEL, Claim, ProcessRef, Transaction
+from orchestrator.store import OUTBOX_CHANNEL, Claim, NewProcess, ProcessRef, Transaction
 
 logger = structlog.get_logger(__name__)
 
@@ -96,6 +96,10 @@ class DramatiqExecutor:
         self._publisher: Publisher | None = None
         self._relay_task: asyncio.Task[None] | None = None
         self._announced: weakref.WeakSet[Transaction] = weakref.WeakSet()
+
+    async def create(self, tx: Transaction, process: NewProcess) -> bool:
+        await self.start(tx, process.ref)
+        return await self.engine.store.create_process(tx, process) is not None
 
     async def start(self, tx: Transaction, process: ProcessRef) -> None:
         await self._dispatch(tx, process, "new")

@@ -18,7 +18,7 @@ from uuid import UUID, uuid4
 import structlog
 
 from orchestrator.engine import Engine, Redispatch
-from orchestrator.store import Claim
+from orchestrator.store import Claim, Lease
 from orchestrator.types import ProcessStatus
 
 logger = structlog.get_logger(__name__)
@@ -73,6 +73,14 @@ class Runner:
             return None
         self.active.add(pid)
         return claim
+
+    def lease(self) -> Lease | None:
+        """A lease for a process to be inserted already claimed by this runner; None while stopping."""
+        return None if self.stopping else Lease(self.owner_id, self.engine.lease_ttl)
+
+    def adopt(self, claim: Claim) -> None:
+        """Hold a claim made with `lease()`: from now on its lease is renewed."""
+        self.active.add(claim.pid)
 
     async def run_claimed(self, claim: Claim) -> ProcessStatus | None:
         """Run a process this runner has claimed; its lease is kept alive until the run ends."""

@@ -27,7 +27,7 @@ from orchestrator.exceptions import (
 from orchestrator.forms import EmptyForm, first_page_schema, run_form
 from orchestrator.state import CALLBACK_RESULT_KEY, CALLBACK_TOKEN, REMOVE_KEYS
 from orchestrator.steps import Authorizer, Step
-from orchestrator.store import ProcessRef, StepRow, _rows
+from orchestrator.store import NewProcess, ProcessRef, StepRow, _rows
 from orchestrator.types import (
     FAILED_STATUSES,
     RESUMABLE_STATUSES,
@@ -97,12 +97,12 @@ async def start_process(
     }
     form_result = run_form(wf.initial_input_form or _empty_form, initial, _pages(user_inputs))
     state = jsonutil.normalise({**form_result, **initial})
+    process = NewProcess(
+        pid, orch.workflow_ids[workflow_key], workflow_key, wf.target.value, wf.is_task, user, initial_state=state
+    )
     async with orch.store.transaction() as tx:
-        await orch.executor.start(tx, ProcessRef(pid, wf.is_task, wf.target.value, user))
         # The engine lock is checked by the insert itself: no start slips past a pause.
-        if not await orch.store.create_process(
-            tx, pid=pid, workflow_id=orch.workflow_ids[workflow_key], is_task=wf.is_task, user=user, initial_state=state
-        ):
+        if not await orch.executor.create(tx, process):
             raise EngineLockedError
     logger.info("process created", process_id=str(pid), workflow=workflow_key, user=user)
     return pid

@@ -24,7 +24,7 @@ from orchestrator.types import ProcessStatus, State, StepStatus
 
 logger = structlog.get_logger(__name__)
 
-__all__ = ["EVENTS_CHANNEL", "Claim", "ProcessRef", "StepRow", "Store", "Transaction"]
+__all__ = ["EVENTS_CHANNEL", "Claim", "Lease", "NewProcess", "ProcessRef", "StepRow", "Store", "Transaction"]
 
 OUTBOX_CHANNEL = "orchestrator_outbox"
 
@@ -80,6 +80,46 @@ class _ClaimRequest(NamedTuple):
     run_by: str | None
 
 
+@dataclass(frozen=True)
+class Lease:
+    """Who may run a process, and for how long before it is taken over unless renewed."""
+
+    owner: str
+    ttl: float
+
+
+@dataclass(frozen=True)
+class NewProcess:
+    """A process to insert: its workflow, who starts it and its initial state."""
+
+    pid: UUID
+    workflow_id: UUID
+    workflow_name: str
+    target: str | None
+    is_task: bool
+    user: str
+    initial_state: State
+
+    @property
+    def ref(self) -> ProcessRef:
+        return ProcessRef(self.pid, self.is_task, self.target, self.user)
+
+    def claim(self, token: int) -> Claim:
+        """The claim of this process inserted under a lease: nothing has run, so there is nothing to load."""
+        return Claim(
+            pid=self.pid,
+            token=token,
+            workflow_name=self.workflow_name,
+            target=self.target,
+            is_task=self.is_task,
+            created_by=self.user,
+            run_by=self.user,
+            rows=[],
+            initial_state=self.initial_state,
+            pending_input=None,
+        )
+
+
 def _claim(row: Any) -> Claim:
     return Claim(
         pid=row["pid"],
@@ -107,10 +147,15 @@ class Transaction:
         self._raw = conn
         self._tx: Any = None
         self._after_commit: list[Callable[[], None]] = []
+        self._after_rollback: list[Callable[[], None]] = []
         self.conn = _BeginsFirst(self)
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         self._after_commit.append(callback)
+
+    def on_rollback(self, callback: Callable[[], None]) -> None:
+        """Run `callback` if the transaction fails (whatever it wrote is gone)."""
+        self._after_rollback.append(callback)
 
     async def begin(self) -> asyncpg.Connection:
         if self._tx is None:
@@ -213,14 +258,16 @@ SELECT p.pid, p.is_task, p.run_by, w.target
 
 _CREATE = """
 WITH p AS (
-    INSERT INTO processes (pid, workflow_id, last_status, created_by, is_task, run_by)
-    SELECT $1, $2, 'created', $3, $4, $3
+    INSERT INTO processes (pid, workflow_id, last_status, created_by, is_task, run_by,
+                           lease_owner, lease_expires_at, fencing_token)
+    SELECT $1, $2, CASE WHEN $6::varchar IS NULL THEN 'created' ELSE 'running' END, $3, $4, $3,
+           $6, now() + make_interval(secs => $7::float8), CASE WHEN $6::varchar IS NULL THEN 0 ELSE 1 END
      WHERE NOT coalesce((SELECT bool_or(global_lock) FROM engine_settings), false)
- RETURNING pid
+ RETURNING pid, fencing_token
 ), i AS (
     INSERT INTO input_states (pid, input_state, input_type) SELECT pid, $5, 'initial_state' FROM p
 )
-SELECT count(*) FROM p
+SELECT fencing_token FROM p
 """
 
 _RESUME = """
@@ -316,12 +363,19 @@ class Store:
     async def transaction(self) -> AsyncIterator[Transaction]:
         async with self.pool.acquire() as conn:
             tx = Transaction(conn)
+            committed = False
             try:
-                yield tx
-            except BaseException:
-                await tx._end(failed=True)
-                raise
-            await tx._end(failed=False)
+                try:
+                    yield tx
+                except BaseException:
+                    await tx._end(failed=True)
+                    raise
+                await tx._end(failed=False)
+                committed = True
+            finally:
+                if not committed:
+                    for callback in tx._after_rollback:
+                        callback()
         for callback in tx._after_commit:
             callback()
 
@@ -348,14 +402,17 @@ class Store:
 
     # --- the life of a process ------------------------------------------------------------------------------
 
-    async def create_process(
-        self, tx: Transaction, *, pid: UUID, workflow_id: UUID, is_task: bool, user: str, initial_state: State
-    ) -> bool:
-        """Insert a `created` process and its initial input; False (nothing written) if the engine is paused."""
-        created = bool(await tx.fetchval_last(_CREATE, pid, workflow_id, user, is_task, initial_state))
-        if created:
-            self._announce(tx, pid, "created")
-        return created
+    async def create_process(self, tx: Transaction, process: NewProcess, lease: Lease | None = None) -> int | None:
+        """Insert a process and its initial input (the transaction's last statement): `created`, or with a lease
+        already `running`, claimed by the lease's owner. Return the fencing token of that claim (0 without a
+        lease); None, and nothing written, if the engine is paused."""
+        owner, ttl = (lease.owner, lease.ttl) if lease else (None, None)
+        token: int | None = await tx.fetchval_last(
+            _CREATE, process.pid, process.workflow_id, process.user, process.is_task, process.initial_state, owner, ttl
+        )
+        if token is not None:
+            self._announce(tx, process.pid, "running" if lease else "created")
+        return token
 
     async def mark_resumed(self, tx: Transaction, *, pid: UUID, seen_status: str, user: str, user_input: State) -> bool:
         """Compare-and-set `seen_status` → resumed and store the input (the transaction's last statement);

@@ -2,7 +2,9 @@
 
 Queued processes stay `created`/`resumed` in the database until a slot claims them, so a crash loses nothing:
 on the next start they are dispatched again, and a process whose runner died mid-step is taken over once its
-lease expires. Sync steps run in the engine's bounded thread pool.
+lease expires. While a slot is free, a new process is inserted already claimed (`running`, under this runner's
+lease): one commit less per process, and the same guarantees as a claim. Sync steps run in the engine's bounded
+thread pool.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import structlog
 
 from orchestrator.engine import Engine
 from orchestrator.runner import RunKind, Runner
-from orchestrator.store import ProcessRef, Transaction
+from orchestrator.store import Claim, NewProcess, ProcessRef, Transaction
 
 logger = structlog.get_logger(__name__)
 
@@ -27,10 +29,12 @@ class ThreadPoolExecutor:
         self.max_workers = max_workers
         self.shutdown_timeout = shutdown_timeout
         self.runner = Runner(engine, kind=self.kind, capacity=max_workers, redispatch=self.resume)
-        self._queue: asyncio.Queue[tuple[UUID, RunKind, str]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[UUID, RunKind, str] | Claim] = asyncio.Queue()
         self._queued: set[UUID] = set()
         self._workers: list[asyncio.Task[None]] = []
         self._busy: set[asyncio.Task[None]] = set()
+        self._leased = 0
+        """Processes being inserted claimed, not yet queued."""
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
@@ -42,6 +46,28 @@ class ThreadPoolExecutor:
     @property
     def running(self) -> int:
         return len(self.runner.active)
+
+    async def create(self, tx: Transaction, process: NewProcess) -> bool:
+        lease = self.runner.lease() if len(self._busy) + self._queue.qsize() + self._leased < self.max_workers else None
+        if lease is None:
+            await self.start(tx, process.ref)
+            return await self.runner.store.create_process(tx, process) is not None
+        self._leased += 1
+        tx.on_rollback(self._unlease)
+        token = await self.runner.store.create_process(tx, process, lease)
+        if token is None:
+            return False  # the engine is paused; the caller rolls back
+        claim = process.claim(token)
+        tx.on_commit(lambda: self._enqueue_claimed(claim))
+        return True
+
+    def _unlease(self) -> None:
+        self._leased -= 1
+
+    def _enqueue_claimed(self, claim: Claim) -> None:
+        self._leased -= 1
+        self.runner.adopt(claim)
+        self._queue.put_nowait(claim)
 
     async def start(self, tx: Transaction, process: ProcessRef) -> None:
         tx.on_commit(lambda: self._enqueue(process.pid, "new", process.user))
@@ -59,13 +85,13 @@ class ThreadPoolExecutor:
         current = asyncio.current_task()
         assert current is not None
         while True:
-            pid, kind, user = await self._queue.get()
-            self._queued.discard(pid)
+            item = await self._queue.get()
             self._busy.add(current)
             self._idle.clear()
             try:
-                await self.runner.run(pid, kind, user)
+                await self._run(item)
             except Exception:
+                pid = item.pid if isinstance(item, Claim) else item[0]
                 logger.exception(
                     "run crashed; the process will be taken over when its lease expires", process_id=str(pid)
                 )
@@ -73,6 +99,14 @@ class ThreadPoolExecutor:
                 self._busy.discard(current)
                 if not self._busy:
                     self._idle.set()
+
+    async def _run(self, item: tuple[UUID, RunKind, str] | Claim) -> None:
+        if isinstance(item, Claim):
+            await self.runner.run_claimed(item)
+            return
+        pid, kind, user = item
+        self._queued.discard(pid)
+        await self.runner.run(pid, kind, user)
 
     async def open(self) -> None:
         await self.runner.open()
@@ -97,4 +131,7 @@ class ThreadPoolExecutor:
         for task in self._workers:
             with suppress(asyncio.CancelledError):
                 await task
+        while not self._queue.empty():  # claimed but not started: a stopping run leaves them `resumed`
+            if isinstance(item := self._queue.get_nowait(), Claim):
+                await self.runner.run_claimed(item)
         await self.runner.close()

@@ -32,11 +32,11 @@ async def creator(settings: AppSettings) -> AsyncIterator[Orchestrator]:
 def spawn(worker_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Callable[..., subprocess.Popen[str]]]:
     started: list[subprocess.Popen[str]] = []
 
-    def start(**extra: str) -> subprocess.Popen[str]:
+    def start(*args: str, **extra: str) -> subprocess.Popen[str]:
         env = {**worker_env, "LEASE_TTL_SECONDS": "2", "SWEEP_INTERVAL_SECONDS": "0.5", "MAX_WORKERS": "4", **extra}
         log = (tmp_path / f"engine-{len(started)}.log").open("w")
         proc = subprocess.Popen(
-            [sys.executable, str(ENGINE_SCRIPT)], env=env, stdout=subprocess.PIPE, stderr=log, text=True
+            [sys.executable, str(ENGINE_SCRIPT), *args], env=env, stdout=subprocess.PIPE, stderr=log, text=True
         )
         log.close()
         assert proc.stdout is not None
@@ -79,6 +79,36 @@ async def test_runner_killed_mid_step_is_taken_over(
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert {await status_of(creator, pid) for pid in pids} == {"running"}  # stranded, until the lease expires
+    spawn(TF_SLOW_SECONDS="0.1")
+
+    async def all_completed() -> bool:
+        return {await status_of(creator, pid) for pid in pids} == {"completed"}
+
+    await wait_for(all_completed, 30)
+    for pid in pids:
+        assert await step_rows(pool, pid) == SLOW_STEPS  # each step logged once
+
+
+async def test_a_program_killed_mid_step_loses_nothing_it_inserted_claimed(
+    creator: Orchestrator, spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """With a slot free, a start inserts its process already `running` under the program's lease: killed, the
+    program leaves it to be taken over like any claim."""
+    first = spawn("tf_slow", "3", TF_SLOW_SECONDS="3")
+    pool = creator.store.pool
+    leases = await pool.fetch("SELECT pid, last_status, lease_owner, fencing_token FROM processes")
+    assert len(leases) == 3
+    assert len({(r["last_status"], r["lease_owner"], r["fencing_token"]) for r in leases}) == 1  # all held alike
+    assert leases[0]["last_status"] == "running"
+    pids = [r["pid"] for r in leases]
+
+    async def all_in_slow_step() -> bool:
+        rows = [await step_rows(pool, pid) for pid in pids]
+        return all(r == [("Start", "success")] for r in rows)
+
+    await wait_for(all_in_slow_step, 15)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
     spawn(TF_SLOW_SECONDS="0.1")
 
     async def all_completed() -> bool:

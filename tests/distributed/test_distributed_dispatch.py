@@ -14,7 +14,7 @@ from dq_support import Queues, statuses, wait_until
 from orchestrator import services
 from orchestrator.app import Orchestrator
 from orchestrator.distributed import WorkerRuntime, queue_status
-from orchestrator.store import ProcessRef
+from orchestrator.store import NewProcess
 
 Api = Callable[..., Awaitable[Orchestrator]]
 DEAD_BROKER = "amqp://guest:guest@127.0.0.1:1/"
@@ -51,10 +51,9 @@ async def test_dispatch_commits_with_the_status_change_or_not_at_all(api: Api) -
     pid = uuid4()
 
     async def create_then_fail() -> None:
-        async with orch.store.transaction() as tx:  # in the order of services.start_process
-            await orch.executor.start(tx, ProcessRef(pid, False, "CREATE", "ada"))
-            await orch.store.create_process(
-                tx, pid=pid, workflow_id=orch.workflow_ids["tf_simple"], is_task=False, user="ada", initial_state={}
+        async with orch.store.transaction() as tx:  # as services.start_process does
+            assert await orch.executor.create(
+                tx, NewProcess(pid, orch.workflow_ids["tf_simple"], "tf_simple", "CREATE", False, "ada", {})
             )
             raise RuntimeError("rolled back")
 
