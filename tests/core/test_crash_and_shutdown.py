@@ -64,11 +64,10 @@ async def status_of(orch: Orchestrator, pid: UUID) -> str:
     return str((await services.get_process(pid, orchestrator=orch))["last_status"])
 
 
-async def test_runner_killed_mid_step_is_taken_over(
-    creator: Orchestrator, spawn: Callable[..., subprocess.Popen[str]]
+async def kill_mid_step_and_take_over(
+    creator: Orchestrator, spawn: Callable[..., subprocess.Popen[str]], first: subprocess.Popen[str], pids: list[UUID]
 ) -> None:
-    pids = [await services.start_process("tf_slow", [{}], orchestrator=creator) for _ in range(3)]
-    first = spawn(TF_SLOW_SECONDS="3")
+    """SIGKILL `first` while every process is in its slow step; a new program completes them, each step once."""
     pool = creator.store.pool
 
     async def all_in_slow_step() -> bool:
@@ -89,34 +88,24 @@ async def test_runner_killed_mid_step_is_taken_over(
         assert await step_rows(pool, pid) == SLOW_STEPS  # each step logged once
 
 
+async def test_runner_killed_mid_step_is_taken_over(
+    creator: Orchestrator, spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
+    pids = [await services.start_process("tf_slow", [{}], orchestrator=creator) for _ in range(3)]
+    await kill_mid_step_and_take_over(creator, spawn, spawn(TF_SLOW_SECONDS="3"), pids)
+
+
 async def test_a_program_killed_mid_step_loses_nothing_it_inserted_claimed(
     creator: Orchestrator, spawn: Callable[..., subprocess.Popen[str]]
 ) -> None:
     """With a slot free, a start inserts its process already `running` under the program's lease: killed, the
     program leaves it to be taken over like any claim."""
     first = spawn("tf_slow", "3", TF_SLOW_SECONDS="3")
-    pool = creator.store.pool
-    leases = await pool.fetch("SELECT pid, last_status, lease_owner, fencing_token FROM processes")
+    leases = await creator.store.pool.fetch("SELECT pid, last_status, lease_owner, fencing_token FROM processes")
     assert len(leases) == 3
     assert len({(r["last_status"], r["lease_owner"], r["fencing_token"]) for r in leases}) == 1  # all held alike
     assert leases[0]["last_status"] == "running"
-    pids = [r["pid"] for r in leases]
-
-    async def all_in_slow_step() -> bool:
-        rows = [await step_rows(pool, pid) for pid in pids]
-        return all(r == [("Start", "success")] for r in rows)
-
-    await wait_for(all_in_slow_step, 15)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    spawn(TF_SLOW_SECONDS="0.1")
-
-    async def all_completed() -> bool:
-        return {await status_of(creator, pid) for pid in pids} == {"completed"}
-
-    await wait_for(all_completed, 30)
-    for pid in pids:
-        assert await step_rows(pool, pid) == SLOW_STEPS  # each step logged once
+    await kill_mid_step_and_take_over(creator, spawn, first, [r["pid"] for r in leases])
 
 
 async def test_sigterm_drains_and_the_next_start_continues(
