@@ -19,11 +19,12 @@ serve *args: setup
 test *args: setup
     {{venv}}/bin/python -m pytest {{args}}
 
-# ruff and strict mypy.
+# ruff, strict mypy and the import contracts (the layers).
 lint: setup
     {{venv}}/bin/ruff check .
     {{venv}}/bin/ruff format --check .
     {{venv}}/bin/mypy
+    {{venv}}/bin/lint-imports
 
 # Benchmarks: see `orchestrator bench --help`.
 bench *args: setup

@@ -1,20 +1,19 @@
 """An async-native workflow orchestrator with orchestrator-core's DSL, statuses, REST paths and Celery messages.
 
 Port a workflow module written for orchestrator-core by changing its imports to this package.
+
+The DSL names are imported eagerly; the runtime and the Python API (`Orchestrator`, `start_process`, ...) on
+first use, so that a module of workflow definitions imports neither a database driver nor a broker client.
 """
 
-from orchestrator.app import Orchestrator
-from orchestrator.forms import FormPage
-from orchestrator.process import Abort as AbortResult
-from orchestrator.services import (
-    abort_process,
-    delete_process,
-    get_process,
-    resume_process,
-    start_process,
-)
-from orchestrator.settings import AppSettings
-from orchestrator.steps import (
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.dsl.forms import FormPage
+from orchestrator.dsl.results import Abort as AbortResult
+from orchestrator.dsl.steps import (
     Step,
     StepList,
     abort,
@@ -29,8 +28,37 @@ from orchestrator.steps import (
     step,
     step_group,
 )
-from orchestrator.types import Assignee, ProcessStatus, State, StepStatus, Target
-from orchestrator.workflow import RunPredicateFail, RunPredicatePass, Workflow, workflow
+from orchestrator.dsl.types import Assignee, ProcessStatus, State, StepStatus, Target
+from orchestrator.dsl.workflow import RunPredicateFail, RunPredicatePass, Workflow, workflow
+from orchestrator.settings import AppSettings
+
+if TYPE_CHECKING:
+    from orchestrator.runtime.orchestrator import Orchestrator
+    from orchestrator.services import (
+        abort_process,
+        delete_process,
+        get_process,
+        resume_process,
+        start_process,
+    )
+
+_LAZY = {
+    "Orchestrator": "orchestrator.runtime.orchestrator",
+    "abort_process": "orchestrator.services",
+    "delete_process": "orchestrator.services",
+    "get_process": "orchestrator.services",
+    "resume_process": "orchestrator.services",
+    "start_process": "orchestrator.services",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
+
 
 __all__ = [
     "AbortResult",

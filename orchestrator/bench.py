@@ -43,9 +43,9 @@ import asyncpg
 import httpx
 import psutil
 
-from orchestrator import migrations
+from orchestrator.dsl.types import RUN_ENDED_STATUSES, ProcessStatus
+from orchestrator.persistence import migrations
 from orchestrator.settings import load_settings
-from orchestrator.types import RUN_ENDED_STATUSES, ProcessStatus
 
 SCENARIOS: dict[str, str] = {
     "threadpool": "three_steps: N starts over HTTP at concurrency C, threadpool executor, to completed",
@@ -346,7 +346,7 @@ async def provision_database(run_id: str) -> Database:
             database = Database(dsn, admin, f"fresh database {name} on {redact(admin)}", drop, True)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             note(f"local PostgreSQL at {redact(admin)} not usable ({exc}); starting the embedded one")
-            from orchestrator import database as db
+            from orchestrator.persistence import database as db
 
             location = await asyncio.to_thread(db.locate, None, settings.EMBEDDED_DATA_DIR)
             drop = await _create_database(location.dsn, name)
@@ -626,7 +626,7 @@ class Watcher:
 
     async def start(self, listen: bool = False) -> None:
         if listen:
-            from orchestrator.store import EVENTS_CHANNEL
+            from orchestrator.persistence.store import EVENTS_CHANNEL
 
             await self.monitor.listen(EVENTS_CHANNEL, self._wake.set)
         self._task = asyncio.create_task(self._poll_forever(), name="bench-watcher")

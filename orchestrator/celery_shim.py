@@ -40,10 +40,10 @@ from brokers.celery import (
 )
 from brokers.dramatiq import encode_message, queue_declarations
 from brokers.rabbitmq import Publisher
-from orchestrator import database
+from orchestrator.dsl.types import RUN_ENDED_STATUSES
+from orchestrator.persistence import database
+from orchestrator.persistence.store import EVENTS_CHANNEL
 from orchestrator.settings import AppSettings
-from orchestrator.store import EVENTS_CHANNEL
-from orchestrator.types import RUN_ENDED_STATUSES
 
 __all__ = ["TASK_NAMES", "CeleryShim", "check_layout", "process_call", "run_shim"]
 

@@ -165,7 +165,7 @@ def _run_async(coro: Any) -> int:
 
 
 async def _db(settings: Any, action: str) -> int:
-    from orchestrator import database, migrations
+    from orchestrator.persistence import database, migrations
 
     location = await asyncio.to_thread(database.locate, settings.DATABASE_URI, settings.EMBEDDED_DATA_DIR)
     print(f"database: {location.describe()}")
@@ -187,8 +187,8 @@ async def _db(settings: Any, action: str) -> int:
 
 async def _run_one(settings: Any, args: argparse.Namespace) -> int:
     from orchestrator import services
-    from orchestrator.app import Orchestrator
-    from orchestrator.types import RUN_ENDED_STATUSES, ProcessStatus
+    from orchestrator.dsl.types import RUN_ENDED_STATUSES, ProcessStatus
+    from orchestrator.runtime.orchestrator import Orchestrator
 
     inputs = args.input
     resumes = list(args.resume or [])

@@ -14,7 +14,7 @@
     └── CallbackTokenError        a callback used the wrong token
 
 Form errors are pydantic-forms' own (`FormValidationError`, `FormNotCompleteError`, `FormOverflowError`),
-re-exported from `orchestrator.forms`.
+re-exported from `orchestrator.dsl.forms`.
 
 Exceptions a step may raise to pick the failure status of a task (matched by type, not by class name):
 `InconsistentDataError` (→ inconsistent_data), `ApiUnavailableError` (→ api_unavailable) and

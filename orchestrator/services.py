@@ -13,8 +13,19 @@ from uuid import UUID, uuid4
 
 import structlog
 
-from orchestrator import jsonutil
-from orchestrator.app import Orchestrator, current
+from orchestrator.dsl import jsonutil
+from orchestrator.dsl.forms import EmptyForm, first_page_schema, run_form
+from orchestrator.dsl.state import CALLBACK_RESULT_KEY, CALLBACK_TOKEN, REMOVE_KEYS
+from orchestrator.dsl.steps import Authorizer, Step
+from orchestrator.dsl.types import (
+    FAILED_STATUSES,
+    RESUMABLE_STATUSES,
+    SYSTEM_USER,
+    ProcessStatus,
+    State,
+    StepStatus,
+)
+from orchestrator.dsl.workflow import PredicateContext, RunPredicateFail, Workflow
 from orchestrator.exceptions import (
     ActionNotAllowedError,
     CallbackTokenError,
@@ -24,19 +35,8 @@ from orchestrator.exceptions import (
     ProcessStatusError,
     StartPredicateError,
 )
-from orchestrator.forms import EmptyForm, first_page_schema, run_form
-from orchestrator.state import CALLBACK_RESULT_KEY, CALLBACK_TOKEN, REMOVE_KEYS
-from orchestrator.steps import Authorizer, Step
-from orchestrator.store import NewProcess, ProcessRef, StepRow, _rows
-from orchestrator.types import (
-    FAILED_STATUSES,
-    RESUMABLE_STATUSES,
-    SYSTEM_USER,
-    ProcessStatus,
-    State,
-    StepStatus,
-)
-from orchestrator.workflow import PredicateContext, RunPredicateFail, Workflow
+from orchestrator.persistence.store import NewProcess, ProcessRef, StepRow, _rows
+from orchestrator.runtime.orchestrator import Orchestrator, current
 
 logger = structlog.get_logger(__name__)
 
@@ -397,3 +397,31 @@ async def worker_status(*, orchestrator: Orchestrator | None = None) -> dict[str
         "number_of_queued_jobs": row["queued"],
         "number_of_running_jobs": row["running"],
     }
+
+
+async def queue_status(orch: Orchestrator) -> dict[str, dict[str, int]]:
+    """Per Dramatiq queue: workers online and their capacity (from heartbeats), processes queued and running."""
+    s = orch.settings
+    queues = dict.fromkeys([s.WORKFLOWS_QUEUE, s.TASKS_QUEUE, *s.TARGET_QUEUES.values()])
+    status = {q: {"workers_online": 0, "capacity": 0, "queued": 0, "running": 0} for q in queues}
+    pool = orch.store.pool
+    workers = await pool.fetch(
+        """SELECT q AS queue, count(*) AS online, sum(capacity) AS capacity
+             FROM workers, unnest(queues) AS q
+            WHERE heartbeat_at > now() - make_interval(secs => $1) GROUP BY q""",
+        s.LEASE_TTL_SECONDS,
+    )
+    for row in workers:
+        entry = status.setdefault(row["queue"], {"workers_online": 0, "capacity": 0, "queued": 0, "running": 0})
+        entry["workers_online"], entry["capacity"] = int(row["online"]), int(row["capacity"] or 0)
+    processes = await pool.fetch(
+        """SELECT p.is_task, w.target, p.last_status = 'running' AS running, count(*) AS n
+             FROM processes p JOIN workflows w ON w.workflow_id = p.workflow_id
+            WHERE p.last_status IN ('created', 'resumed') OR (p.last_status = 'running' AND p.lease_expires_at > now())
+            GROUP BY 1, 2, 3"""
+    )
+    for row in processes:
+        queue = s.queue_for(is_task=row["is_task"], target=row["target"])
+        entry = status.setdefault(queue, {"workers_online": 0, "capacity": 0, "queued": 0, "running": 0})
+        entry["running" if row["running"] else "queued"] += int(row["n"])
+    return status

@@ -16,8 +16,8 @@ import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from orchestrator.dsl.types import Target
 from orchestrator.exceptions import SettingsError
-from orchestrator.types import Target
 
 
 class ExecutorType(StrEnum):

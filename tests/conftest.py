@@ -16,8 +16,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from orchestrator import migrations
-from orchestrator.app import Orchestrator
+from orchestrator.persistence import migrations
+from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.settings import AppSettings, load_settings
 
 TESTS_DIR = Path(__file__).resolve().parent

@@ -11,7 +11,7 @@ import signal
 import sys
 
 from orchestrator import log, services
-from orchestrator.app import Orchestrator
+from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.settings import load_settings
 
 

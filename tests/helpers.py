@@ -9,8 +9,8 @@ from uuid import UUID
 import asyncpg
 
 from orchestrator import services
-from orchestrator.app import Orchestrator
-from orchestrator.types import RUN_ENDED_STATUSES
+from orchestrator.dsl.types import RUN_ENDED_STATUSES
+from orchestrator.runtime.orchestrator import Orchestrator
 
 
 async def wait_status(

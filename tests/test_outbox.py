@@ -22,7 +22,7 @@ from tcpproxy import TcpProxy
 
 from brokers.dramatiq import declare_dramatiq_queues, queue_declarations
 from brokers.rabbitmq import Publisher
-from orchestrator.outbox import OUTBOX_CHANNEL, OutboxRelay
+from orchestrator.runtime.outbox_relay import OUTBOX_CHANNEL, OutboxRelay
 
 RABBITMQ_URL = os.environ.get("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
 PG_ADMIN_URI = os.environ.get("TEST_PG_ADMIN_URI", "postgresql://postgres@127.0.0.1:5432/postgres")

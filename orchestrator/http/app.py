@@ -10,7 +10,6 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import WebSocketRoute
 
-from orchestrator.app import Orchestrator
 from orchestrator.http import engine_settings, health, live, metrics, openapi, processes, workflows
 from orchestrator.http.auth import Authorizer, BearerTokenMiddleware, allow_all
 from orchestrator.http.context import AppContext
@@ -18,6 +17,7 @@ from orchestrator.http.hub import EventHub
 from orchestrator.http.limits import BodyLimitMiddleware
 from orchestrator.http.problems import HANDLERS
 from orchestrator.http.routing import build_routes
+from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.settings import AppSettings, load_settings
 
 APIS = (processes.api, live.api, workflows.api, engine_settings.api, health.api, metrics.api, openapi.api)

@@ -21,9 +21,9 @@ from typing import Any, Literal, Protocol
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from orchestrator import jsonutil
+from orchestrator.dsl import jsonutil
+from orchestrator.dsl.types import SYSTEM_USER
 from orchestrator.http.problems import InvalidRequestError, Problem
-from orchestrator.types import SYSTEM_USER
 
 Action = Literal["read", "start", "resume", "retry", "abort", "delete", "update", "callback", "resume_all", "engine"]
 

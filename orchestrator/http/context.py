@@ -11,11 +11,11 @@ from typing import cast
 import asyncpg
 from starlette.requests import HTTPConnection
 
-from orchestrator.app import Orchestrator
 from orchestrator.exceptions import NotAuthorizedError
 from orchestrator.http.auth import Action, Authorizer
 from orchestrator.http.hub import EventHub
 from orchestrator.http.routing import Operation
+from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.settings import AppSettings
 
 

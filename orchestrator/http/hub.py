@@ -15,8 +15,8 @@ from typing import Any
 import asyncpg
 import structlog
 
-from orchestrator import jsonutil
-from orchestrator.events import EVENTS_CHANNEL
+from orchestrator.dsl import jsonutil
+from orchestrator.persistence.events import EVENTS_CHANNEL
 
 logger = structlog.get_logger(__name__)
 

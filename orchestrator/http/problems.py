@@ -14,7 +14,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from orchestrator import jsonutil
+from orchestrator.dsl import jsonutil
+from orchestrator.dsl.forms import FormNotCompleteError, FormOverflowError, FormValidationError
 from orchestrator.exceptions import (
     ActionNotAllowedError,
     CallbackTokenError,
@@ -26,8 +27,7 @@ from orchestrator.exceptions import (
     StartPredicateError,
     WorkflowNotFoundError,
 )
-from orchestrator.forms import FormNotCompleteError, FormOverflowError, FormValidationError
-from orchestrator.queries import QueryError
+from orchestrator.persistence.reads import QueryError
 
 logger = structlog.get_logger(__name__)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from orchestrator import queries, services
+from orchestrator import services
+from orchestrator.dsl.types import FAILED_STATUSES
 from orchestrator.exceptions import ProcessNotFoundError
 from orchestrator.http import listing
 from orchestrator.http.auth import user_model, user_name
@@ -25,7 +26,7 @@ from orchestrator.http.models import (
 )
 from orchestrator.http.params import PROCESS_ID, REPORTER, json_body, path_uuid, text_body
 from orchestrator.http.routing import Api, Body, Param, Reply, json_reply
-from orchestrator.types import FAILED_STATUSES
+from orchestrator.persistence import reads
 
 api = Api("processes")
 
@@ -65,7 +66,7 @@ async def list_processes(request: Request) -> Response:
     await ctx.authorize(request, "read")
     query = request.query_params
     window = listing.parse_range(query.get("range"))
-    rows, total = await queries.list_processes(
+    rows, total = await reads.list_processes(
         ctx.pool, listing.parse_filter(query.get("filter")), listing.parse_sort(query.get("sort")), window
     )
     tag = listing.etag(rows)
@@ -160,7 +161,7 @@ async def update_process(request: Request) -> Response:
     await ctx.authorize(request, "update", str(pid))
     patch: NotePatch = await json_body(request, NotePatch)
     if "note" in patch.model_fields_set:
-        if not await queries.set_note(ctx.pool, pid, patch.note):
+        if not await reads.set_note(ctx.pool, pid, patch.note):
             raise ProcessNotFoundError(pid)
         ctx.orchestrator.store.events.publish({"pid": str(pid), "note": True})
     return json_reply(ProcessOut, await services.get_process(pid, orchestrator=ctx.orchestrator))
@@ -202,7 +203,7 @@ async def resume_process(request: Request) -> Response:
     inconsistent_data) and for `resume` otherwise. Form errors write nothing."""
     ctx = context(request)
     pid = path_uuid(request, "process_id")
-    summary = await queries.process_summary(ctx.pool, pid)
+    summary = await reads.process_summary(ctx.pool, pid)
     if summary is None:
         raise ProcessNotFoundError(pid)
     await ctx.authorize(request, "retry" if summary["last_status"] in FAILED_STATUSES else "resume", str(pid))

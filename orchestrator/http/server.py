@@ -15,9 +15,9 @@ from types import FrameType
 
 import uvicorn
 
-from orchestrator import database
 from orchestrator.http.app import create_app
 from orchestrator.http.context import AppContext
+from orchestrator.persistence import database
 from orchestrator.settings import AppSettings
 
 STARTUP_FAILED = 3

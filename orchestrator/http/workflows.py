@@ -8,11 +8,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from orchestrator import queries
 from orchestrator.http.context import AppContext, context
 from orchestrator.http.models import WorkflowOut
 from orchestrator.http.params import path_uuid
 from orchestrator.http.routing import Api, Param, Reply, json_reply
+from orchestrator.persistence import reads
 
 api = Api("workflows")
 
@@ -32,7 +32,7 @@ def _with_steps(ctx: AppContext, row: dict[str, Any]) -> dict[str, Any]:
 async def list_workflows(request: Request) -> Response:
     ctx = context(request)
     await ctx.authorize(request, "read")
-    rows = await queries.list_workflows(ctx.pool)
+    rows = await reads.list_workflows(ctx.pool)
     return json_reply(list[WorkflowOut], [_with_steps(ctx, row) for row in rows])
 
 
@@ -47,7 +47,7 @@ async def get_workflow(request: Request) -> Response:
     ctx = context(request)
     workflow_id = path_uuid(request, "workflow_id")
     await ctx.authorize(request, "read", str(workflow_id))
-    row = await queries.get_workflow(ctx.pool, workflow_id)
+    row = await reads.get_workflow(ctx.pool, workflow_id)
     if row is None:
         raise HTTPException(404, f"Workflow id {workflow_id} not found")
     return json_reply(WorkflowOut, _with_steps(ctx, row))

@@ -29,8 +29,8 @@ from shim_support import (
     vhost_url,
 )
 
-from orchestrator import database
 from orchestrator.celery_shim import CeleryShim
+from orchestrator.persistence import database
 from orchestrator.settings import AppSettings
 
 

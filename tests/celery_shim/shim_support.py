@@ -31,8 +31,8 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from celery_thread import CeleryOnOneThread
 from kombu.serialization import register_json, registry
 
-from orchestrator.app import Orchestrator
 from orchestrator.celery_shim import CeleryShim
+from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.settings import AppSettings, load_settings
 
 T = TypeVar("T")

@@ -23,9 +23,9 @@ from shim_support import (
     wait_messages,
 )
 
+from orchestrator.dsl.types import Target
+from orchestrator.persistence.store import EVENTS_CHANNEL
 from orchestrator.settings import AppSettings
-from orchestrator.store import EVENTS_CHANNEL
-from orchestrator.types import Target
 
 
 @pytest.fixture

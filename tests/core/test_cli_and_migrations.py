@@ -11,8 +11,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from orchestrator import migrations
 from orchestrator.exceptions import SettingsError
+from orchestrator.persistence import migrations
 from orchestrator.settings import ExecutorType, load_settings
 
 ORCHESTRATOR = [sys.executable, "-m", "orchestrator.cli"]

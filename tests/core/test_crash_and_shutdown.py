@@ -14,7 +14,7 @@ import pytest
 from helpers import step_rows
 
 from orchestrator import services
-from orchestrator.app import Orchestrator
+from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.settings import AppSettings
 
 ENGINE_SCRIPT = Path(__file__).resolve().parent.parent / "engine_process.py"

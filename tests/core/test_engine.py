@@ -11,7 +11,6 @@ from helpers import step_rows, wait_status
 from pydantic_forms.exceptions import FormNotCompleteError, FormOverflowError, FormValidationError
 
 from orchestrator import services
-from orchestrator.app import Orchestrator
 from orchestrator.exceptions import (
     EngineLockedError,
     NotAuthorizedError,
@@ -20,7 +19,8 @@ from orchestrator.exceptions import (
     StartPredicateError,
     WorkflowNotFoundError,
 )
-from orchestrator.threadpool import ThreadPoolExecutor
+from orchestrator.runtime.inprocess import InProcessExecutor
+from orchestrator.runtime.orchestrator import Orchestrator
 
 
 @pytest.fixture(autouse=True)
@@ -352,7 +352,7 @@ async def test_abort_fences_out_a_running_runner(orch: Orchestrator, monkeypatch
     await wait_status(orch, pid, {"running"})
     await services.abort_process(pid, user="dave", orchestrator=orch)
     executor = orch.executor
-    assert isinstance(executor, ThreadPoolExecutor)
+    assert isinstance(executor, InProcessExecutor)
     async with asyncio.timeout(10):  # the slow step ends and its write is refused
         while executor.running:
             await asyncio.sleep(0.01)

@@ -10,10 +10,10 @@ import pytest
 from helpers import step_rows, wait_status
 
 from orchestrator import services
-from orchestrator.app import Orchestrator
 from orchestrator.exceptions import EngineLockedError
+from orchestrator.runtime.inprocess import InProcessExecutor
+from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.settings import AppSettings
-from orchestrator.threadpool import ThreadPoolExecutor
 
 SLOW_STEPS = [("Start", "success"), ("Slow", "success"), ("After slow", "success"), ("Done", "complete")]
 
@@ -26,7 +26,7 @@ async def one_slot(settings: AppSettings) -> AsyncIterator[Orchestrator]:
 
 def owner_of(orch: Orchestrator) -> str:
     executor = orch.executor
-    assert isinstance(executor, ThreadPoolExecutor)
+    assert isinstance(executor, InProcessExecutor)
     return executor.runner.owner_id
 
 

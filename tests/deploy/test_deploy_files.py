@@ -1054,9 +1054,9 @@ def test_readme_shows_the_commands_that_are_deployed() -> None:
 
 
 def worker_close_seconds() -> float:
-    """After the drain, a worker's runtime flushes the outbox once more, bounded by this (orchestrator.distributed)."""
+    """After the drain, a worker's runtime flushes the outbox once more, bounded by this (`DRAIN_TIMEOUT_SECONDS`)."""
     try:
-        from orchestrator.distributed import DRAIN_TIMEOUT_SECONDS
+        from orchestrator.runtime.dramatiq_executor import DRAIN_TIMEOUT_SECONDS
     except ImportError:
         return 10.0
     return float(DRAIN_TIMEOUT_SECONDS)

@@ -16,9 +16,9 @@ from dq_flows import REGISTRY as DQ_FLOWS
 from dq_support import BROKER_URL, DRAMATIQ, FAST, Queues, Worker
 from tcpproxy import TcpProxy
 
-from orchestrator.app import Orchestrator
+from orchestrator.dsl.workflow import WORKFLOWS, WorkflowRegistry, import_workflow_modules
+from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.settings import AppSettings, load_settings
-from orchestrator.workflow import WORKFLOWS, WorkflowRegistry, import_workflow_modules
 
 
 @pytest.fixture

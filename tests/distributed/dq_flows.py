@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from orchestrator import State, Target, done, init, step
-from orchestrator.workflow import Workflow, WorkflowRegistry
+from orchestrator.dsl.workflow import Workflow, WorkflowRegistry
 
 GATE_TIMEOUT_SECONDS = 120.0
 

@@ -26,7 +26,7 @@ from uuid import UUID
 import psutil
 import pytest
 
-from orchestrator.app import Orchestrator
+from orchestrator.runtime.orchestrator import Orchestrator
 
 BROKER_URL = os.environ.get("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
 DRAMATIQ = str(Path(sys.executable).with_name("dramatiq"))

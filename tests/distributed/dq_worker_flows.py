@@ -2,7 +2,7 @@
 
 from dq_flows import REGISTRY
 
-from orchestrator.workflow import register
+from orchestrator.dsl.workflow import register
 
 for _workflow in REGISTRY.values():
     register(_workflow)

@@ -12,9 +12,10 @@ import pytest
 from dq_support import Queues, statuses, wait_until
 
 from orchestrator import services
-from orchestrator.app import Orchestrator
-from orchestrator.distributed import WorkerRuntime, queue_status
-from orchestrator.store import NewProcess
+from orchestrator.persistence.store import NewProcess
+from orchestrator.runtime.orchestrator import Orchestrator
+from orchestrator.services import queue_status
+from orchestrator.worker.runtime import WorkerRuntime
 
 Api = Callable[..., Awaitable[Orchestrator]]
 DEAD_BROKER = "amqp://guest:guest@127.0.0.1:1/"

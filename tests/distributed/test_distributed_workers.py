@@ -26,9 +26,9 @@ from tcpproxy import TcpProxy
 from brokers.dramatiq import encode_message, queue_declarations
 from brokers.rabbitmq import Publisher
 from orchestrator import services
-from orchestrator.app import Orchestrator
-from orchestrator.distributed import queue_status
 from orchestrator.exceptions import EngineLockedError
+from orchestrator.runtime.orchestrator import Orchestrator
+from orchestrator.services import queue_status
 
 pytestmark = pytest.mark.slow
 

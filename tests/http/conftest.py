@@ -17,10 +17,10 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
-from orchestrator.app import Orchestrator
+from orchestrator.dsl.types import RUN_ENDED_STATUSES
 from orchestrator.http import create_app
 from orchestrator.http.auth import Authorizer
-from orchestrator.types import RUN_ENDED_STATUSES
+from orchestrator.runtime.orchestrator import Orchestrator
 
 AppFactory = Callable[..., Awaitable[Starlette]]
 

@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from starlette.requests import HTTPConnection
 from test_http_processes import problem
 
-from orchestrator.app import Orchestrator
+from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.settings import AppSettings
 
 

@@ -17,9 +17,9 @@ from starlette.applications import Starlette
 from test_http_processes import counts, problem
 from websockets.asyncio.client import ClientConnection
 
-from orchestrator.app import Orchestrator
 from orchestrator.http import live
 from orchestrator.http.hub import APPLICATION_NAME, EventHub
+from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.settings import AppSettings
 
 Serve = Callable[[Starlette], Awaitable[str]]

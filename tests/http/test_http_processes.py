@@ -12,11 +12,11 @@ from starlette.authentication import AuthCredentials, AuthenticationBackend, Sim
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection
 
-from orchestrator.app import Orchestrator
+from orchestrator.dsl.steps import done, init
+from orchestrator.dsl.workflow import Workflow, WorkflowRegistry, register
 from orchestrator.http import create_app
+from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.settings import AppSettings
-from orchestrator.steps import done, init
-from orchestrator.workflow import Workflow, WorkflowRegistry, register
 
 PROBLEM = "application/problem+json"
 

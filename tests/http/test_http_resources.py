@@ -8,8 +8,8 @@ from conftest import wait_status
 from prometheus_client.parser import text_string_to_metric_families
 from test_http_processes import problem, start
 
-from orchestrator import queries
-from orchestrator.app import Orchestrator
+from orchestrator.persistence import reads
+from orchestrator.runtime.orchestrator import Orchestrator
 
 
 async def test_workflows(client: httpx.AsyncClient, orch: Orchestrator) -> None:
@@ -72,7 +72,7 @@ async def test_health(client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
     async def unreachable(pool: object) -> bool:
         raise OSError("connection refused")
 
-    monkeypatch.setattr(queries, "database_answers", unreachable)
+    monkeypatch.setattr(reads, "database_answers", unreachable)
     problem(await client.get("/api/health"), 503)
 
 

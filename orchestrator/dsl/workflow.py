@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.dsl.forms import InputForm
+from orchestrator.dsl.steps import Authorizer, Step, StepList
+from orchestrator.dsl.types import Target
 from orchestrator.exceptions import InvalidWorkflowError, WorkflowNotFoundError
-from orchestrator.forms import InputForm
-from orchestrator.steps import Authorizer, Step, StepList
-from orchestrator.types import Target
 
 
 @dataclass(frozen=True)

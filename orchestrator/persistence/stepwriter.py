@@ -14,9 +14,9 @@ from uuid import UUID
 
 import asyncpg
 
-from orchestrator.events import EventPublisher
-from orchestrator.groupcommit import GroupCommit
-from orchestrator.types import State
+from orchestrator.dsl.types import State
+from orchestrator.persistence.events import EventPublisher
+from orchestrator.persistence.groupcommit import GroupCommit
 
 
 @dataclass(frozen=True, slots=True)

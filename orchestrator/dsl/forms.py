@@ -16,8 +16,8 @@ from pydantic_forms.core import FormPage, post_form
 from pydantic_forms.core.shared import page_schema
 from pydantic_forms.exceptions import FormNotCompleteError, FormOverflowError, FormValidationError
 
-from orchestrator.state import inject_args
-from orchestrator.types import State
+from orchestrator.dsl.state import inject_args
+from orchestrator.dsl.types import State
 
 __all__ = [
     "EmptyForm",

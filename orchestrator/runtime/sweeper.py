@@ -12,8 +12,8 @@ import asyncio
 
 import structlog
 
-from orchestrator.executor import Executor
-from orchestrator.store import Store
+from orchestrator.persistence.store import Store
+from orchestrator.runtime.executor import Executor
 
 logger = structlog.get_logger(__name__)
 

@@ -17,9 +17,9 @@ from uuid import UUID, uuid4
 
 import structlog
 
-from orchestrator.engine import Engine, Redispatch
-from orchestrator.store import Claim, Lease
-from orchestrator.types import ProcessStatus
+from orchestrator.dsl.types import ProcessStatus
+from orchestrator.persistence.store import Claim, Lease
+from orchestrator.runtime.engine import Engine, Redispatch
 
 logger = structlog.get_logger(__name__)
 

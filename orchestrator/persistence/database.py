@@ -15,7 +15,7 @@ from typing import Any, TypeAlias
 import asyncpg
 import structlog
 
-from orchestrator import jsonutil
+from orchestrator.dsl import jsonutil
 from orchestrator.exceptions import SettingsError
 
 logger = structlog.get_logger(__name__)

@@ -15,14 +15,14 @@ from uuid import UUID
 
 import structlog
 
-from orchestrator.engine import Engine
-from orchestrator.runner import RunKind, Runner
-from orchestrator.store import Claim, NewProcess, ProcessRef, Transaction
+from orchestrator.persistence.store import Claim, NewProcess, ProcessRef, Transaction
+from orchestrator.runtime.engine import Engine
+from orchestrator.runtime.runner import RunKind, Runner
 
 logger = structlog.get_logger(__name__)
 
 
-class ThreadPoolExecutor:
+class InProcessExecutor:
     kind = "threadpool"
 
     def __init__(self, engine: Engine, *, max_workers: int, shutdown_timeout: float) -> None:

@@ -14,10 +14,19 @@ from typing import Any, Protocol, SupportsIndex, overload
 
 import structlog
 
-from orchestrator.exceptions import InvalidWorkflowError
-from orchestrator.forms import InputForm
-from orchestrator.process import Abort, AwaitingCallback, Complete, Failed, Process, Skipped, Success, Suspend, Waiting
-from orchestrator.state import (
+from orchestrator.dsl.forms import InputForm
+from orchestrator.dsl.results import (
+    Abort,
+    AwaitingCallback,
+    Complete,
+    Failed,
+    Process,
+    Skipped,
+    Success,
+    Suspend,
+    Waiting,
+)
+from orchestrator.dsl.state import (
     CALLBACK_RESULT_KEY,
     CALLBACK_TIMEOUT,
     CALLBACK_TOKEN,
@@ -30,7 +39,8 @@ from orchestrator.state import (
     inject_args,
     shallow_merge,
 )
-from orchestrator.types import Assignee, State
+from orchestrator.dsl.types import Assignee, State
+from orchestrator.exceptions import InvalidWorkflowError
 
 logger = structlog.get_logger(__name__)
 

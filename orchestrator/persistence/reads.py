@@ -15,7 +15,7 @@ from uuid import UUID
 
 import asyncpg
 
-from orchestrator.types import ProcessStatus
+from orchestrator.dsl.types import ProcessStatus
 
 
 class QueryError(ValueError):

@@ -1,14 +1,4 @@
-"""Distributed mode (EXECUTOR=dramatiq, alias celery): the API records and dispatches, Dramatiq workers run.
-
-Dispatch is a transactional outbox. `DramatiqExecutor.start`/`resume` insert an `outbox` row in the transaction
-that creates or resumes the process, so the status change and its dispatch commit together or not at all; an
-`OutboxRelay` (one in every API process and in every worker process) publishes the rows to RabbitMQ with
-publisher confirms and deletes them. After the commit the local relay is woken and `orchestrator_outbox` is
-NOTIFYed for the others (batched, off the data path: a NOTIFY inside the transaction would serialise commits on
-PostgreSQL's notify lock; relays also poll, so a lost notification only delays). RabbitMQ down: the API still
-answers, the rows wait, and any relay publishes them once RabbitMQ is back. The API never runs steps here.
-
-`WorkerRuntime` is what one Dramatiq worker process runs behind the actors of `orchestrator.actors`: one pool,
+"""`WorkerRuntime` is what one Dramatiq worker process runs behind the actors of `orchestrator.actors`: one pool,
 one engine, one runner, one sweeper and one relay, all on the worker's AsyncIO event loop.
 
 Ack strategy. RabbitMQ closes a channel whose delivery stays unacknowledged for `consumer_timeout` (30 minutes),
@@ -27,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any
@@ -35,42 +24,17 @@ from uuid import UUID
 
 import structlog
 
-from brokers.dramatiq import queue_declarations
-from brokers.rabbitmq import Publisher
-from orchestrator.app import Orchestrator
-from orchestrator.engine import Engine
-from orchestrator.outbox import OutboxRelay
-from orchestrator.runner import CLAIMABLE, RunKind, Runner
+from orchestrator.persistence.store import Claim, ProcessRef
+from orchestrator.runtime.dramatiq_executor import DramatiqExecutor
+from orchestrator.runtime.orchestrator import Orchestrator
+from orchestrator.runtime.runner import CLAIMABLE, RunKind, Runner
 from orchestrator.settings import AppSettings, ExecutorType
-from orchestrator.store import OUTBOX_CHANNEL, Claim, NewProcess, ProcessRef, Transaction
 
 logger = structlog.get_logger(__name__)
-
-ACTORS: dict[tuple[RunKind, bool], str] = {
-    ("new", True): "new_task",
-    ("new", False): "new_workflow",
-    ("resume", True): "resume_task",
-    ("resume", False): "resume_workflow",
-}
-"""The actor of a dispatch, by (new or resume, is_task): orchestrator-core's four task names."""
 
 DELIVERY_WAIT_SECONDS = 240.0
 """How long a delivery may wait for the worker to be ready and for a free run slot before it hands the dispatch
 back; a prefetched message is acked within about twice this, well inside RabbitMQ's 30-minute consumer_timeout."""
-
-DRAIN_TIMEOUT_SECONDS = 10.0
-"""Bound on the last outbox drain at close (the broker may be down: the rows then wait for another relay)."""
-
-# A dispatch already waiting in the outbox and not being published right now is not written twice (the sweeper
-# dispatches again every REDISPATCH_AFTER_SECONDS while RabbitMQ is down). The found row is locked until commit, so
-# a relay cannot publish and delete it before this transaction's status change is visible.
-_ENQUEUE = """
-WITH waiting AS (
-    SELECT id FROM outbox WHERE pid = $3 AND actor = $2 AND queue = $1 AND run_by = $4
-     LIMIT 1 FOR UPDATE SKIP LOCKED
-)
-INSERT INTO outbox (queue, actor, pid, run_by) SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM waiting)
-"""
 
 _DISPATCH_OF = """
 SELECT p.is_task, w.target, p.last_status
@@ -78,74 +42,6 @@ SELECT p.is_task, w.target, p.last_status
  WHERE p.pid = $1
    FOR UPDATE OF p
 """
-
-
-def actor_for(kind: RunKind, *, is_task: bool) -> str:
-    return ACTORS[(kind, is_task)]
-
-
-class DramatiqExecutor:
-    """Dispatch through the outbox; run the outbox relay while open. Runs no steps itself."""
-
-    kind = "dramatiq"
-
-    def __init__(self, engine: Engine, settings: AppSettings) -> None:
-        self.engine = engine
-        self.settings = settings
-        self.relay: OutboxRelay | None = None
-        self._publisher: Publisher | None = None
-        self._relay_task: asyncio.Task[None] | None = None
-        self._announced: weakref.WeakSet[Transaction] = weakref.WeakSet()
-
-    async def create(self, tx: Transaction, process: NewProcess) -> bool:
-        await self.start(tx, process.ref)
-        return await self.engine.store.create_process(tx, process) is not None
-
-    async def start(self, tx: Transaction, process: ProcessRef) -> None:
-        await self._dispatch(tx, process, "new")
-
-    async def resume(self, tx: Transaction, process: ProcessRef) -> None:
-        await self._dispatch(tx, process, "resume")
-
-    async def _dispatch(self, tx: Transaction, process: ProcessRef, kind: RunKind) -> None:
-        queue = self.settings.queue_for(is_task=process.is_task, target=process.target)
-        actor = actor_for(kind, is_task=process.is_task)
-        await tx.conn.execute(_ENQUEUE, queue, actor, process.pid, process.user)
-        if tx not in self._announced:  # once per transaction, however many dispatches it holds
-            self._announced.add(tx)
-            tx.on_commit(self._committed)
-
-    def _committed(self) -> None:
-        self.wake()
-        self.engine.store.events.publish({}, channel=OUTBOX_CHANNEL)
-
-    def wake(self) -> None:
-        """Publish now: this process's relay need not wait for the notification."""
-        if self.relay is not None:
-            self.relay.wake()
-
-    async def open(self) -> None:
-        # Connects lazily: the API starts, and accepts processes, while RabbitMQ is down.
-        self._publisher = Publisher(self.settings.BROKER_URL, declarations=queue_declarations)
-        self.relay = OutboxRelay(self.engine.store.pool, self._publisher)
-        self._relay_task = asyncio.create_task(self.relay.run(), name="outbox-relay")
-
-    async def close(self) -> None:
-        """Publish what is waiting (bounded), then stop the relay; unpublished rows wait for another relay."""
-        relay, task, publisher = self.relay, self._relay_task, self._publisher
-        self.relay = self._relay_task = self._publisher = None
-        if relay is not None:
-            try:
-                async with asyncio.timeout(DRAIN_TIMEOUT_SECONDS):
-                    await relay.drain()
-            except Exception as exc:  # broker or database down: the rows stay in the outbox
-                logger.warning("outbox not drained at close; another relay publishes the rest", error=repr(exc))
-            relay.stop()
-        if task is not None:
-            with suppress(asyncio.CancelledError):
-                await task
-        if publisher is not None:
-            await publisher.close()
 
 
 class WorkerRuntime:
@@ -356,31 +252,3 @@ class WorkerRuntime:
     @property
     def running(self) -> int:
         return len(self._runs)
-
-
-async def queue_status(orch: Orchestrator) -> dict[str, dict[str, int]]:
-    """Per Dramatiq queue: workers online and their capacity (from heartbeats), processes queued and running."""
-    s = orch.settings
-    queues = dict.fromkeys([s.WORKFLOWS_QUEUE, s.TASKS_QUEUE, *s.TARGET_QUEUES.values()])
-    status = {q: {"workers_online": 0, "capacity": 0, "queued": 0, "running": 0} for q in queues}
-    pool = orch.store.pool
-    workers = await pool.fetch(
-        """SELECT q AS queue, count(*) AS online, sum(capacity) AS capacity
-             FROM workers, unnest(queues) AS q
-            WHERE heartbeat_at > now() - make_interval(secs => $1) GROUP BY q""",
-        s.LEASE_TTL_SECONDS,
-    )
-    for row in workers:
-        entry = status.setdefault(row["queue"], {"workers_online": 0, "capacity": 0, "queued": 0, "running": 0})
-        entry["workers_online"], entry["capacity"] = int(row["online"]), int(row["capacity"] or 0)
-    processes = await pool.fetch(
-        """SELECT p.is_task, w.target, p.last_status = 'running' AS running, count(*) AS n
-             FROM processes p JOIN workflows w ON w.workflow_id = p.workflow_id
-            WHERE p.last_status IN ('created', 'resumed') OR (p.last_status = 'running' AND p.lease_expires_at > now())
-            GROUP BY 1, 2, 3"""
-    )
-    for row in processes:
-        queue = s.queue_for(is_task=row["is_task"], target=row["target"])
-        entry = status.setdefault(queue, {"workers_online": 0, "capacity": 0, "queued": 0, "running": 0})
-        entry["running" if row["running"] else "queued"] += int(row["n"])
-    return status

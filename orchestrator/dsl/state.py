@@ -16,8 +16,8 @@ from uuid import UUID
 
 import structlog
 
+from orchestrator.dsl.types import State
 from orchestrator.exceptions import ApiUnavailableError, InconsistentDataError, ProcessFailureError
-from orchestrator.types import State
 
 logger = structlog.get_logger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from orchestrator.store import NewProcess, ProcessRef, Transaction
+from orchestrator.persistence.store import NewProcess, ProcessRef, Transaction
 
 
 class Executor(Protocol):

@@ -27,8 +27,8 @@ class Migration:
 
 def migrations_dir() -> Path:
     """The SQL files: `migrations/` in a checkout, `orchestrator/_migrations` in an installed wheel."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "migrations", here / "_migrations"):
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package.parent / "migrations", package / "_migrations"):
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError("migrations directory not found")

@@ -12,13 +12,13 @@ from uuid import UUID
 
 import structlog
 
-from orchestrator import database, migrations
-from orchestrator.engine import Engine
-from orchestrator.executor import Executor
+from orchestrator.dsl.workflow import WORKFLOWS, WorkflowRegistry, import_workflow_modules
+from orchestrator.persistence import database, migrations
+from orchestrator.persistence.store import NewProcess, Store, Transaction
+from orchestrator.runtime.engine import Engine
+from orchestrator.runtime.executor import Executor
+from orchestrator.runtime.sweeper import Sweeper
 from orchestrator.settings import AppSettings, ExecutorType, load_settings
-from orchestrator.store import NewProcess, Store, Transaction
-from orchestrator.sweeper import Sweeper
-from orchestrator.workflow import WORKFLOWS, WorkflowRegistry, import_workflow_modules
 
 logger = structlog.get_logger(__name__)
 
@@ -105,15 +105,15 @@ class Orchestrator:
     def _make_executor(self) -> Executor:
         s = self.settings
         if s.EXECUTOR is ExecutorType.DRAMATIQ:
-            from orchestrator.distributed import DramatiqExecutor
+            from orchestrator.runtime.dramatiq_executor import DramatiqExecutor
 
             executor: Executor = DramatiqExecutor(self.engine, s)
             return executor
-        from orchestrator.threadpool import ThreadPoolExecutor
+        from orchestrator.runtime.inprocess import InProcessExecutor
 
         if not self.run_processes:
             return _DispatchOnly(self.store)
-        return ThreadPoolExecutor(self.engine, max_workers=s.MAX_WORKERS, shutdown_timeout=s.SHUTDOWN_TIMEOUT_SECONDS)
+        return InProcessExecutor(self.engine, max_workers=s.MAX_WORKERS, shutdown_timeout=s.SHUTDOWN_TIMEOUT_SECONDS)
 
     async def close(self) -> None:
         global _current

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from orchestrator import jsonutil
+from orchestrator.dsl import jsonutil
 
 logger = structlog.get_logger(__name__)
 

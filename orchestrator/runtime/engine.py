@@ -17,10 +17,9 @@ from typing import Any
 import anyio
 import structlog
 
-from orchestrator import jsonutil
-from orchestrator.exceptions import ClaimLostError
-from orchestrator.process import Failed, Process, Success, from_step_status
-from orchestrator.state import (
+from orchestrator.dsl import jsonutil
+from orchestrator.dsl.results import Failed, Process, Success, from_step_status
+from orchestrator.dsl.state import (
     ENGINE_KEYS,
     LAST_STEP_STARTED_AT,
     REPLACE_LAST_STATE,
@@ -32,10 +31,11 @@ from orchestrator.state import (
     is_inconsistent_data,
     strip_removed_keys,
 )
-from orchestrator.steps import Step, StepList
-from orchestrator.store import Claim, LastRow, ProcessRef, Store, Transaction
-from orchestrator.types import Assignee, ProcessStatus, State, StepStatus
-from orchestrator.workflow import Workflow, WorkflowRegistry
+from orchestrator.dsl.steps import Step, StepList
+from orchestrator.dsl.types import Assignee, ProcessStatus, State, StepStatus
+from orchestrator.dsl.workflow import Workflow, WorkflowRegistry
+from orchestrator.exceptions import ClaimLostError
+from orchestrator.persistence.store import Claim, LastRow, ProcessRef, Store, Transaction
 
 logger = structlog.get_logger(__name__)
 

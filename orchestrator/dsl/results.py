@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from orchestrator.types import ProcessStatus, State, StepStatus
+from orchestrator.dsl.types import ProcessStatus, State, StepStatus
 
 
 @dataclass(frozen=True, slots=True)

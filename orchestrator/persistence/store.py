@@ -17,10 +17,10 @@ from uuid import UUID, uuid4
 import asyncpg
 import structlog
 
-from orchestrator.events import EVENTS_CHANNEL, EventPublisher
-from orchestrator.groupcommit import GroupCommit
-from orchestrator.stepwriter import StepOutcome, StepWriter
-from orchestrator.types import ProcessStatus, State, StepStatus
+from orchestrator.dsl.types import ProcessStatus, State, StepStatus
+from orchestrator.persistence.events import EVENTS_CHANNEL, EventPublisher
+from orchestrator.persistence.groupcommit import GroupCommit
+from orchestrator.persistence.stepwriter import StepOutcome, StepWriter
 
 logger = structlog.get_logger(__name__)
 
