@@ -189,11 +189,6 @@ class CeleryConsumer:
         await self.stop()
 
     @property
-    def in_flight(self) -> int:
-        """Deliveries being processed or held for their eta."""
-        return len(self._tasks)
-
-    @property
     def held(self) -> int:
         """Deliveries held unacked until their eta."""
         return self._held
