@@ -17,7 +17,7 @@ from orchestrator.http.hub import EventHub
 from orchestrator.http.limits import BodyLimitMiddleware
 from orchestrator.http.problems import HANDLERS
 from orchestrator.http.routing import build_routes
-from orchestrator.runtime.orchestrator import Orchestrator
+from orchestrator.services import Orchestrator
 from orchestrator.settings import AppSettings, load_settings
 
 APIS = (processes.api, live.api, workflows.api, engine_settings.api, health.api, metrics.api, openapi.api)

@@ -8,14 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import cast
 
-import asyncpg
 from starlette.requests import HTTPConnection
 
 from orchestrator.exceptions import NotAuthorizedError
 from orchestrator.http.auth import Action, Authorizer
 from orchestrator.http.hub import EventHub
 from orchestrator.http.routing import Operation
-from orchestrator.runtime.orchestrator import Orchestrator
+from orchestrator.services import Orchestrator
 from orchestrator.settings import AppSettings
 
 
@@ -36,10 +35,6 @@ class AppContext:
         if orch is None:
             raise RuntimeError("The app is not started (its lifespan has not run)")
         return orch
-
-    @property
-    def pool(self) -> asyncpg.Pool:
-        return self.orchestrator.store.pool
 
     @property
     def events(self) -> EventHub:
