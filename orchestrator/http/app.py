@@ -11,7 +11,7 @@ from starlette.middleware import Middleware
 from starlette.routing import WebSocketRoute
 
 from orchestrator.http import engine_settings, health, live, metrics, openapi, processes, workflows
-from orchestrator.http.auth import Authorizer, BearerTokenMiddleware, allow_all
+from orchestrator.http.auth import BearerTokenMiddleware, RequestAuthorizer, allow_all
 from orchestrator.http.context import AppContext
 from orchestrator.http.hub import EventHub
 from orchestrator.http.limits import BodyLimitMiddleware
@@ -47,7 +47,7 @@ def create_app(
     settings: AppSettings | None = None,
     *,
     orchestrator: Orchestrator | None = None,
-    authorizer: Authorizer | None = None,
+    authorizer: RequestAuthorizer | None = None,
 ) -> Starlette:
     """The API app. `uvicorn main:app` with `app = create_app()` reads the settings from the environment."""
     settings = settings or (orchestrator.settings if orchestrator is not None else load_settings())

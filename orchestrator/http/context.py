@@ -11,7 +11,7 @@ from typing import cast
 from starlette.requests import HTTPConnection
 
 from orchestrator.exceptions import NotAuthorizedError
-from orchestrator.http.auth import Action, Authorizer
+from orchestrator.http.auth import Action, RequestAuthorizer
 from orchestrator.http.hub import EventHub
 from orchestrator.http.routing import Operation
 from orchestrator.services import Orchestrator
@@ -21,7 +21,7 @@ from orchestrator.settings import AppSettings
 @dataclass
 class AppContext:
     settings: AppSettings
-    authorizer: Authorizer
+    authorizer: RequestAuthorizer
     operations: list[Operation]
     given: Orchestrator | None
     """An Orchestrator opened by the caller (tests, embedding programs); the app neither opens nor closes it."""
