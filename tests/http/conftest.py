@@ -19,7 +19,7 @@ from starlette.types import ASGIApp
 
 from orchestrator.dsl.types import RUN_ENDED_STATUSES
 from orchestrator.http import create_app
-from orchestrator.http.auth import Authorizer
+from orchestrator.http.auth import RequestAuthorizer
 from orchestrator.runtime.orchestrator import Orchestrator
 
 AppFactory = Callable[..., Awaitable[Starlette]]
@@ -95,7 +95,7 @@ async def wait_status(
             await asyncio.sleep(0.01)
 
 
-def deny(*actions: str) -> Authorizer:
+def deny(*actions: str) -> RequestAuthorizer:
     """An authorizer that refuses the given actions and records every question it is asked."""
 
     async def authorizer(conn: Any, action: str, resource: str | None) -> bool:
