@@ -6,7 +6,10 @@
     orchestrator celery-shim                                         translate Celery messages to our workers
     orchestrator bench [...]                                         benchmarks
 
-Bad settings or arguments print one line and exit with status 2.
+A user error (a bad setting, argument or form input, an unknown database, role, workflow or workflow module, an
+unreachable server) prints one line naming it and the fix, and exits with status 2; `--debug` (or LOG_LEVEL=DEBUG)
+adds its traceback. A refused action (engine paused, run predicate) exits with status 1, as does a run that does
+not complete. Anything else is a bug: its traceback is printed.
 """
 
 from __future__ import annotations
@@ -16,14 +19,63 @@ import asyncio
 import json
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from orchestrator.exceptions import OrchestratorError, SettingsError
+from orchestrator.exceptions import (
+    InvalidWorkflowError,
+    OrchestratorError,
+    SettingsError,
+    WorkflowNotFoundError,
+)
 
 EXAMPLES_MODULE = "orchestrator.examples.workflows"
 PENDING_MIGRATIONS = 3
 """Exit status of `db status` when a migration is pending (lets an init container wait for the migration job)."""
+USER_ERROR = 2
+
+DATABASE_SETTINGS = ("DATABASE_URI", "EMBEDDED_DATA_DIR")
+LOG_SETTINGS = ("LOG_FORMAT", "LOG_LEVEL")
+QUEUE_SETTINGS = ("BROKER_URL", "TASKS_QUEUE", "WORKFLOWS_QUEUE", "TARGET_QUEUES")
+RUNTIME_SETTINGS = (
+    *DATABASE_SETTINGS,
+    "MIGRATE_ON_START",
+    "DB_POOL_SIZE",
+    "DB_SYNCHRONOUS_COMMIT",
+    "EXECUTOR",
+    "MAX_WORKERS",
+    "WORKFLOW_MODULES",
+    "LEASE_TTL_SECONDS",
+    "SWEEP_INTERVAL_SECONDS",
+    "REDISPATCH_AFTER_SECONDS",
+    "SHUTDOWN_TIMEOUT_SECONDS",
+    *QUEUE_SETTINGS,
+)
+SETTINGS_READ = {
+    "serve": (*RUNTIME_SETTINGS, "API_TOKEN", "MAX_BODY_BYTES", *LOG_SETTINGS),
+    "run": (*RUNTIME_SETTINGS, *LOG_SETTINGS),
+    "db": (*DATABASE_SETTINGS, *LOG_SETTINGS),
+    "celery-shim": (
+        *DATABASE_SETTINGS,
+        "DB_POOL_SIZE",
+        "CELERY_BROKER_URL",
+        "CELERY_QUEUES",
+        "CELERY_PREFETCH",
+        *QUEUE_SETTINGS,
+        "SHUTDOWN_TIMEOUT_SECONDS",
+        *LOG_SETTINGS,
+    ),
+}
+"""The settings each command reads, listed in its --help."""
+
+
+class CommandError(Exception):
+    """A user error found by the command itself (bad form input, unknown workflow key); exit status 2."""
+
+
+def _settings_epilog(command: str) -> str:
+    return f"settings read (environment or .env): {', '.join(SETTINGS_READ[command])}"
 
 
 def _json_page(text: str) -> dict[str, Any]:
@@ -34,6 +86,26 @@ def _json_page(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("a form page must be a JSON object")
     return value
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port: use 1-65535, or 0 for any free port")
+    return port
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return seconds
 
 
 def _modules(text: str) -> list[str]:
@@ -47,10 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
         "environment and .env (EXECUTOR, DATABASE_URI, MAX_WORKERS, WORKFLOW_MODULES, ...).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", help="log at DEBUG level and show the traceback of any error (for bug reports)"
+    )
 
-    serve = sub.add_parser("serve", help="run the HTTP API under uvicorn (uvloop)")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common], epilog=_settings_epilog(name))
+
+    serve = command("serve", "run the HTTP API under uvicorn (uvloop)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    serve.add_argument("--port", type=_port, default=8080, help="port to listen on (default 8080; 0: any free port)")
     serve.add_argument(
         "--workflows",
         type=_modules,
@@ -59,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="workflow modules to import (adds to WORKFLOW_MODULES)",
     )
 
-    run = sub.add_parser("run", help="start one process, answer its input steps, wait for the end, print it")
+    run = command("run", "start one process, answer its input steps, wait for the end, print it")
     run.add_argument(
         "workflow", nargs="?", default="provision_port", help="workflow key (default: the example provision_port)"
     )
@@ -86,14 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="JSON",
         help="the input for each input step, in order (repeatable)",
     )
-    run.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the process (default 60)")
+    run.add_argument("--timeout", type=_seconds, default=60.0, help="seconds to wait for the process (default 60)")
 
-    db = sub.add_parser("db", help="database migrations")
+    db = command("db", "database migrations")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    db_sub.add_parser("upgrade", help="apply pending migrations (safe to run concurrently)")
-    db_sub.add_parser("status", help="list migrations and whether they are applied; exit status 3 if any is pending")
+    for action, text in (
+        ("upgrade", "apply pending migrations (safe to run concurrently)"),
+        ("status", "list migrations and whether they are applied; exit status 3 if any is pending"),
+    ):
+        db_sub.add_parser(action, help=text, parents=[common], epilog=_settings_epilog("db"))
 
-    sub.add_parser("celery-shim", help="consume orchestrator-core's Celery messages and dispatch them to our workers")
+    command("celery-shim", "consume orchestrator-core's Celery messages and dispatch them to our workers")
 
     bench = sub.add_parser("bench", help="run the benchmarks (see `orchestrator bench --help`)", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
@@ -108,22 +190,50 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv[:1] if bench_args is not None else argv)
     if bench_args is not None:
         args.bench_args = bench_args
+    debug: bool = getattr(args, "debug", False)
     from orchestrator import log
     from orchestrator.settings import load_settings
 
     try:
         settings = load_settings()
-        log.configure(settings.LOG_FORMAT, settings.LOG_LEVEL)
+        debug = debug or settings.LOG_LEVEL == "DEBUG"
+        log.configure(settings.LOG_FORMAT, "DEBUG" if debug else _log_level(args.command, settings))
         code = _dispatch(args, settings)
-    except SettingsError as exc:
-        print(f"orchestrator: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except OrchestratorError as exc:
-        print(f"orchestrator: {exc}", file=sys.stderr)
-        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:
+        status = _exit_status(exc)
+        if status is None:
+            raise
+        if debug:
+            traceback.print_exception(exc)
+        print(f"orchestrator: {_explain(exc)}", file=sys.stderr)
+        sys.exit(status)
     sys.exit(code)
+
+
+def _log_level(command: str, settings: Any) -> str:
+    """`run` on the console prints its own account of the run; unless LOG_LEVEL is set, warnings only."""
+    from orchestrator.settings import LogFormat
+
+    if command == "run" and settings.LOG_FORMAT is LogFormat.CONSOLE and "LOG_LEVEL" not in settings.model_fields_set:
+        return "WARNING"
+    return str(settings.LOG_LEVEL)
+
+
+def _exit_status(exc: Exception) -> int | None:
+    """2 for a user error, 1 for a refused action, None for a bug (its traceback is shown)."""
+    if isinstance(exc, CommandError | SettingsError | InvalidWorkflowError | WorkflowNotFoundError):
+        return USER_ERROR
+    if isinstance(exc, OrchestratorError):
+        return 1
+    return None
+
+
+def _explain(exc: Exception) -> str:
+    if isinstance(exc, InvalidWorkflowError) and isinstance(exc.__cause__, ModuleNotFoundError):
+        return f"{exc}; correct --workflows or WORKFLOW_MODULES, or make the module importable (PYTHONPATH)"
+    return str(exc)
 
 
 def _dispatch(args: argparse.Namespace, settings: Any) -> int:
@@ -187,16 +297,24 @@ async def _db(settings: Any, action: str) -> int:
 
 async def _run_one(settings: Any, args: argparse.Namespace) -> int:
     from orchestrator import services
+    from orchestrator.dsl.forms import FormNotCompleteError, FormOverflowError, FormValidationError
     from orchestrator.dsl.types import RUN_ENDED_STATUSES, ProcessStatus
     from orchestrator.runtime.orchestrator import Orchestrator
 
+    form_errors = (FormValidationError, FormNotCompleteError, FormOverflowError)
     inputs = args.input
     resumes = list(args.resume or [])
     if args.workflow == "provision_port" and inputs is None:
         inputs, resumes = [{"customer": "ACME", "speed_gbps": 10}], resumes or [{"approved": True}]
     async with Orchestrator(settings) as orch:
         print(f"database: {orch.location.describe() if orch.location else '?'}; executor: {settings.EXECUTOR.value}")
-        pid = await services.start_process(args.workflow, inputs or [{}], user="cli", orchestrator=orch)
+        try:
+            pid = await services.start_process(args.workflow, inputs or [{}], user="cli", orchestrator=orch)
+        except WorkflowNotFoundError as exc:
+            known = ", ".join(sorted(orch.registry)) or "none"
+            raise CommandError(f"{exc} (workflows loaded: {known}; load others with --workflows MODULE)") from exc
+        except form_errors as exc:
+            raise CommandError(f"invalid --input for {args.workflow}: {_form_problem(exc)}") from exc
         print(f"started {args.workflow}: process {pid}")
         deadline = time.monotonic() + args.timeout
         while True:
@@ -204,18 +322,45 @@ async def _run_one(settings: Any, args: argparse.Namespace) -> int:
             status = process["last_status"]
             if status == ProcessStatus.SUSPENDED and resumes:
                 print(f"suspended at {process['last_step']!r}; resuming")
-                await services.resume_process(pid, [resumes.pop(0)], user="cli", orchestrator=orch)
+                try:
+                    await services.resume_process(pid, [resumes.pop(0)], user="cli", orchestrator=orch)
+                except form_errors as exc:
+                    step = process["last_step"]
+                    problem = _form_problem(exc)
+                    raise CommandError(f"invalid --resume for {step!r}: {problem}; process {pid} waits there") from exc
             elif status in RUN_ENDED_STATUSES:
                 break
             if time.monotonic() > deadline:
-                print(f"timed out; process is {status}", file=sys.stderr)
+                print(f"timed out after {args.timeout:g} s; process {pid} is {status}", file=sys.stderr)
                 return 1
             await asyncio.sleep(0.02)
         for row in process["steps"]:
             print(f"  {row['status']:>17}  {row['name']}")
         print(f"process {pid} ended {status}")
         print(json.dumps(process["current_state"], indent=2, default=str))
+        if status == ProcessStatus.SUSPENDED:
+            fields = ", ".join((process["form"] or {}).get("properties", {})) or "none"
+            print(
+                f"hint: it waits for input at {process['last_step']!r} (fields: {fields}); give it with "
+                f"`orchestrator run {args.workflow} --resume JSON` (one --resume per input step)",
+                file=sys.stderr,
+            )
         return 0 if status == ProcessStatus.COMPLETED else 1
+
+
+def _form_problem(exc: Exception) -> str:
+    """A form error in one line: each invalid field with pydantic's message, or what the form still needs."""
+    from orchestrator.dsl.forms import FormNotCompleteError, FormValidationError
+
+    if isinstance(exc, FormValidationError):
+        return "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'page'}: {error['msg']} (got {error.get('input')!r})"
+            for error in exc.errors
+        )
+    if isinstance(exc, FormNotCompleteError):
+        fields = ", ".join(exc.form.get("properties", {})) or "none"
+        return f"the form has another page (fields: {fields}); add one more page"
+    return "more pages than the form has"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,6 +11,7 @@ import json
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
@@ -30,7 +31,10 @@ class LogFormat(StrEnum):
     JSON = "json"
 
 
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
 QUEUE_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9._-]*$"
+AMQP_SCHEMES = ("amqp", "amqps")
 
 
 def _default_embedded_dir() -> Path:
@@ -71,7 +75,9 @@ class AppSettings(BaseSettings):
     """Modules imported at start-up so that their workflows register (comma-separated or a JSON list)."""
 
     LOG_FORMAT: LogFormat = LogFormat.CONSOLE
-    LOG_LEVEL: str = "INFO"
+    LOG_LEVEL: LogLevel = "INFO"
+    """`DEBUG` also makes the command line show the traceback of a user error. Unset, `orchestrator run` on the
+    console shows warnings only: it prints its own account of the run."""
 
     LEASE_TTL_SECONDS: float = Field(default=20.0, gt=0, le=3600)
     """How long a runner's claim on a process lives without renewal; a dead runner's process is taken over after it."""
@@ -110,6 +116,26 @@ class AppSettings(BaseSettings):
         if isinstance(value, str) and value.strip().lower() == "celery":
             return ExecutorType.DRAMATIQ
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("LOG_LEVEL", mode="before")
+    @classmethod
+    def _level_name(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("BROKER_URL", "CELERY_BROKER_URL")
+    @classmethod
+    def _amqp_url(cls, value: str | None) -> str | None:
+        """Caught here, a bad URL stops the program at start-up instead of failing every publish later."""
+        if value is None:
+            return None
+        url = urlsplit(value)
+        if url.scheme not in AMQP_SCHEMES or not url.hostname:
+            raise ValueError("must be an AMQP URL such as amqp://user:password@host:5672/vhost")
+        try:
+            url.port  # noqa: B018 - parsing the port is the check
+        except ValueError as exc:
+            raise ValueError(f"must be an AMQP URL with a valid port ({exc})") from None
+        return value
 
     @field_validator("WORKFLOW_MODULES", "CELERY_QUEUES", mode="before")
     @classmethod
@@ -167,7 +193,10 @@ def load_settings(**overrides: Any) -> AppSettings:
         error = exc.errors()[0]
         name = ".".join(str(part) for part in error["loc"]) or "settings"
         value = error.get("input")
-        shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
-        raise SettingsError(f"invalid setting {name}: {error['msg']}{shown}") from None
+        # URLs and tokens may hold a password: their value is not repeated.
+        secret = name.endswith(("_URL", "_URI", "_TOKEN"))
+        shown = f" (got {value!r})" if isinstance(value, str | int | float) and not secret else ""
+        message = error["msg"].removeprefix("Value error, ")
+        raise SettingsError(f"invalid setting {name}: {message}{shown}") from None
     except (json.JSONDecodeError, ValueError) as exc:
         raise SettingsError(f"invalid settings: {exc}") from None
