@@ -3,6 +3,7 @@
     OrchestratorError
     ├── SettingsError             a setting has an invalid value
     ├── WorkflowNotFoundError     no workflow registered under that key
+    │   └── WorkflowNotLoadedError    the database knows the key, but this program did not import its module
     ├── ProcessNotFoundError      no process with that id
     ├── EngineLockedError         the engine is paused; starts and resumes are refused
     ├── StartPredicateError       the workflow's run predicate refused the start
@@ -37,6 +38,18 @@ class SettingsError(OrchestratorError):
 class WorkflowNotFoundError(OrchestratorError):
     def __init__(self, key: str) -> None:
         super().__init__(f"Workflow does not exist: {key}")
+        self.key = key
+
+
+class WorkflowNotLoadedError(WorkflowNotFoundError):
+    """The workflow is registered in the database (by another program), but its module is not imported here."""
+
+    def __init__(self, key: str) -> None:
+        OrchestratorError.__init__(
+            self,
+            f"Workflow {key!r} is registered but its module is not loaded in this program; "
+            "load it with --workflows MODULE or WORKFLOW_MODULES",
+        )
         self.key = key
 
 

@@ -13,12 +13,17 @@ import math
 import socket
 from types import FrameType
 
+import structlog
 import uvicorn
 
 from orchestrator import services
+from orchestrator.dsl.workflow import import_workflow_modules
+from orchestrator.exceptions import SettingsError
 from orchestrator.http.app import create_app
 from orchestrator.http.context import AppContext
 from orchestrator.settings import AppSettings
+
+logger = structlog.get_logger(__name__)
 
 STARTUP_FAILED = 3
 
@@ -54,10 +59,44 @@ class _Server(uvicorn.Server):
             self.loop.call_soon_threadsafe(hub.close_subscriptions)
 
 
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Bind every address of `host` (as uvicorn would), so that a bad --host or a busy --port is one line before
+    the app starts, not an error logged after it started and stopped again."""
+    where = f"{host}:{port}"
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise SettingsError(f"cannot listen on {where}: {exc.strerror}; correct --host") from exc
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(addresses):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise SettingsError(f"cannot listen on {where}: {exc.strerror}; choose another --port or --host") from exc
+    return sockets
+
+
 def serve(settings: AppSettings, *, host: str, port: int) -> int:
-    """Run until SIGTERM/SIGINT; 0 after a clean shutdown, 3 when the app could not start."""
+    """Run until SIGTERM/SIGINT; 0 after a clean shutdown, 3 when the app could not start.
+
+    What a user can get wrong (database, workflow modules, address) is checked before the app starts, and raises
+    SettingsError or InvalidWorkflowError with one line."""
     if settings.DATABASE_URI:
         asyncio.run(services.ensure_database_reachable(settings.DATABASE_URI))
+    import_workflow_modules(settings.WORKFLOW_MODULES)
+    sockets = _listen(host, port)
+    if not settings.WORKFLOW_MODULES:
+        logger.warning(
+            "no workflow module is loaded: no process can be started or run by this server; "
+            "pass --workflows MODULE,... or set WORKFLOW_MODULES"
+        )
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -72,5 +111,5 @@ def serve(settings: AppSettings, *, host: str, port: int) -> int:
         timeout_graceful_shutdown=max(1, math.ceil(settings.SHUTDOWN_TIMEOUT_SECONDS)),
     )
     server = _Server(config, app.state.context)
-    server.run()
+    server.run(sockets)
     return 0 if server.started else STARTUP_FAILED

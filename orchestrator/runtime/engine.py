@@ -59,7 +59,10 @@ class Engine:
         run = _Run(self, claim, stopping, redispatch)
         log = logger.bind(process_id=str(claim.pid), workflow=claim.workflow_name)
         try:
-            status = await run.execute()
+            # Lines logged during the run by layers that know no process (the DSL's "step failed", the steps'
+            # own) carry its id too.
+            with structlog.contextvars.bound_contextvars(process_id=str(claim.pid)):
+                status = await run.execute()
         except ClaimLostError:
             log.warning("claim lost: another runner owns the process now, or it was aborted; this run stops")
             return None

@@ -21,6 +21,7 @@ from orchestrator.exceptions import (
     ProcessNotFoundError,
     ProcessStatusError,
     StartPredicateError,
+    WorkflowNotLoadedError,
 )
 from orchestrator.persistence import edits, reads
 from orchestrator.persistence.store import NewProcess, ProcessRef, StepRow, _rows
@@ -50,6 +51,12 @@ def _empty_form() -> type[EmptyForm]:
     return EmptyForm
 
 
+async def _refuse_if_not_loaded(orch: Orchestrator, workflow_key: str) -> None:
+    """A key the database knows but this program's registry lacks: its module is not loaded here."""
+    if any(row["name"] == workflow_key for row in await reads.list_workflows(orch.store.pool)):
+        raise WorkflowNotLoadedError(workflow_key)
+
+
 async def start_process(
     workflow_key: str,
     user_inputs: Sequence[State] | None = None,
@@ -60,10 +67,13 @@ async def start_process(
 ) -> UUID:
     """Create a process (status `created`) and dispatch it; return its id.
 
-    Raises WorkflowNotFoundError, EngineLockedError, NotAuthorizedError, StartPredicateError and the form errors
-    (FormValidationError, FormNotCompleteError, FormOverflowError); nothing is written when one is raised.
+    Raises WorkflowNotFoundError (WorkflowNotLoadedError when the database knows the key), EngineLockedError,
+    NotAuthorizedError, StartPredicateError and the form errors (FormValidationError, FormNotCompleteError,
+    FormOverflowError); nothing is written when one is raised.
     """
     orch = orchestrator or current()
+    if workflow_key not in orch.registry:
+        await _refuse_if_not_loaded(orch, workflow_key)
     wf = orch.registry.get_or_raise(workflow_key)
     if not await _allowed(wf.authorize_callback, user_model):
         raise NotAuthorizedError(f"User is not authorized to start '{workflow_key}' workflow")
