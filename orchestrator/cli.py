@@ -331,7 +331,10 @@ async def _run_one(settings: Any, args: argparse.Namespace) -> int:
             elif status in RUN_ENDED_STATUSES:
                 break
             if time.monotonic() > deadline:
-                print(f"timed out after {args.timeout:g} s; process {pid} is {status}", file=sys.stderr)
+                waiting = f"timed out after {args.timeout:g} s; process {pid} is {status}"
+                if settings.EXECUTOR.value == "dramatiq":
+                    waiting += " (EXECUTOR=dramatiq: workers run it; are they running, and BROKER_URL reachable?)"
+                print(waiting, file=sys.stderr)
                 return 1
             await asyncio.sleep(0.02)
         for row in process["steps"]:
