@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from support.urls import database_url
 from test_cli_and_migrations import ORCHESTRATOR, run_cli
 
 from orchestrator.cli import SETTINGS_READ
@@ -34,10 +35,6 @@ def assert_one_line(result: subprocess.CompletedProcess[str], *expected: str) ->
     return line
 
 
-def with_db(database_uri: str, name: str) -> str:
-    return f"{database_uri.rpartition('/')[0]}/{name}"
-
-
 def test_invalid_initial_form_input(database_uri: str) -> None:
     result = run_cli("run", "--input", '{"customer": 5}', env={"DATABASE_URI": database_uri})
     assert_one_line(result, "invalid --input for provision_port", "customer", "valid string", "(got 5)")
@@ -57,14 +54,14 @@ def test_debug_shows_the_traceback(database_uri: str) -> None:
 
 
 @pytest.mark.parametrize("command", [["run"], ["db", "status"], ["db", "upgrade"]])
-def test_unknown_database(database_uri: str, command: list[str]) -> None:
-    uri = with_db(database_uri, "no_such_db")
+def test_unknown_database(command: list[str]) -> None:
+    uri = database_url("no_such_db")
     result = run_cli(*command, env={"DATABASE_URI": uri})
     assert_one_line(result, 'database "no_such_db" does not exist', "DATABASE_URI")
 
 
-def test_unknown_role(database_uri: str) -> None:
-    uri = with_db(database_uri, "postgres").replace("postgres@", "no_such_role@", 1)
+def test_unknown_role() -> None:
+    uri = database_url("postgres").replace("postgres@", "no_such_role@", 1)
     result = run_cli("db", "status", env={"DATABASE_URI": uri})
     assert_one_line(result, 'role "no_such_role" does not exist', "correct the user")
 
