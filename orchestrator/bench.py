@@ -626,7 +626,7 @@ class Watcher:
 
     async def start(self, listen: bool = False) -> None:
         if listen:
-            from orchestrator.persistence.store import EVENTS_CHANNEL
+            from orchestrator.persistence.events import EVENTS_CHANNEL
 
             await self.monitor.listen(EVENTS_CHANNEL, self._wake.set)
         self._task = asyncio.create_task(self._poll_forever(), name="bench-watcher")

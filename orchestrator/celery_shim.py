@@ -21,7 +21,7 @@ import signal
 import sys
 from contextlib import suppress
 from types import TracebackType
-from typing import Any, Final, NoReturn, Self
+from typing import Final, NoReturn, Self
 from uuid import UUID
 
 import structlog
@@ -42,7 +42,9 @@ from brokers.dramatiq import encode_message, queue_declarations
 from brokers.rabbitmq import Publisher
 from orchestrator.dsl.types import RUN_ENDED_STATUSES
 from orchestrator.persistence import database
-from orchestrator.persistence.store import EVENTS_CHANNEL
+from orchestrator.persistence.events import EVENTS_CHANNEL
+from orchestrator.persistence.listener import Listener
+from orchestrator.persistence.store import Store
 from orchestrator.settings import AppSettings
 
 __all__ = ["TASK_NAMES", "CeleryShim", "check_layout", "process_call", "run_shim"]
@@ -59,9 +61,6 @@ TASK_NAMES: Final = {
 
 #: A failing publish or query is retried this often (growing back-off, about 45 s in all) before dead-lettering.
 MAX_ATTEMPTS: Final = 10
-
-_TARGET: Final = "SELECT w.target FROM processes p JOIN workflows w ON w.workflow_id = p.workflow_id WHERE p.pid = $1"
-_STATUSES: Final = "SELECT pid, last_status FROM processes WHERE pid = ANY($1::uuid[])"
 
 
 def process_call(task: CeleryTask) -> tuple[UUID, str]:
@@ -164,7 +163,7 @@ class CeleryShim:
     ) -> None:
         check_layout(settings, dead_letter_queue)
         self.settings = settings
-        self.pool = pool
+        self.store = Store(pool)
         self.recheck_interval = recheck_interval
         self.consumer = CeleryConsumer(
             settings.CELERY_BROKER_URL or settings.BROKER_URL,
@@ -182,6 +181,8 @@ class CeleryShim:
         self.dispatched = 0
         self._pending: dict[UUID, dict[str, CeleryTask]] = {}  # pid -> task id -> a task whose client waits
         self._wake = asyncio.Event()
+        # After each (re)connect: re-check, as notifications sent while not listening are gone.
+        self._listener = Listener(pool, EVENTS_CHANNEL, self._on_event, on_listening=self._wake.set)
         self._background: list[asyncio.Task[None]] = []
 
     @property
@@ -192,10 +193,8 @@ class CeleryShim:
 
     async def start(self) -> None:
         await self.consumer.start()
-        self._background = [
-            asyncio.create_task(self._listen_forever(), name="celery-shim-listen"),
-            asyncio.create_task(self._answer_forever(), name="celery-shim-replies"),
-        ]
+        await self._listener.start()
+        self._background = [asyncio.create_task(self._answer_forever(), name="celery-shim-replies")]
         logger.info(
             "celery shim started",
             celery_queues=list(self.consumer.queues),
@@ -219,6 +218,7 @@ class CeleryShim:
         logger.info("celery shim stopped", dispatched=self.dispatched)
 
     async def _cancel_background(self) -> None:
+        await self._listener.stop()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -238,10 +238,10 @@ class CeleryShim:
     async def handle(self, task: CeleryTask) -> None:
         """Publish the Dramatiq message equivalent to `task`; returning lets the consumer ack the Celery one."""
         pid, user = process_call(task)
-        row = await self.pool.fetchrow(_TARGET, pid)
-        if row is None:
+        target = await self.store.target_of(pid)
+        if target is None:
             _refuse(task, ValueError(f"Process not found: {pid}"))
-        queue = self.settings.queue_for(is_task=TASK_NAMES[task.name], target=row["target"])
+        queue = self.settings.queue_for(is_task=TASK_NAMES[task.name], target=target)
         actor = task.name.removeprefix("tasks.")
         if task.wants_reply:
             self._pending.setdefault(pid, {})[task.id] = task  # before publishing: the run may end at once
@@ -264,34 +264,7 @@ class CeleryShim:
 
     # ----------------------------------------------------------------------------------------------- replies
 
-    async def _listen_forever(self) -> None:
-        """Hold a LISTEN connection; after each (re)connect, re-check: notifications sent meanwhile are gone."""
-        while True:
-            try:
-                async with self.pool.acquire() as conn:
-                    await self._listen_on(conn)
-            except Exception as exc:
-                logger.warning("celery shim cannot LISTEN; relying on the periodic re-check", error=str(exc))
-                await asyncio.sleep(self.recheck_interval)
-
-    async def _listen_on(self, conn: Any) -> None:
-        lost = asyncio.Event()
-
-        def on_lost(_conn: object) -> None:
-            lost.set()
-
-        conn.add_termination_listener(on_lost)
-        await conn.add_listener(EVENTS_CHANNEL, self._on_event)
-        try:
-            self._wake.set()
-            await lost.wait()
-            logger.warning("celery shim LISTEN connection lost; reconnecting")
-        finally:
-            conn.remove_termination_listener(on_lost)
-            if not conn.is_closed():  # a pooled connection must not go back still listening
-                await asyncio.shield(conn.remove_listener(EVENTS_CHANNEL, self._on_event))
-
-    def _on_event(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_event(self, payload: str) -> None:
         if not self._pending:
             return
         try:
@@ -318,7 +291,7 @@ class CeleryShim:
             return
         # Only what was registered before the query: a task registered meanwhile may be for the next run.
         waiting = {pid: list(tasks.values()) for pid, tasks in self._pending.items()}
-        statuses = {r["pid"]: r["last_status"] for r in await self.pool.fetch(_STATUSES, list(waiting))}
+        statuses = await self.store.statuses(list(waiting))
         for pid, tasks in waiting.items():
             status = statuses.get(pid)
             if status is not None and status not in RUN_ENDED_STATUSES:

@@ -25,7 +25,9 @@ from support.waiting import wait_until
 
 from brokers.dramatiq import declare_dramatiq_queues, queue_declarations
 from brokers.rabbitmq import Publisher
-from orchestrator.runtime.outbox_relay import OUTBOX_CHANNEL, OutboxRelay
+from orchestrator.persistence.events import OUTBOX_CHANNEL
+from orchestrator.persistence.store import Store
+from orchestrator.runtime.outbox_relay import OutboxRelay
 
 MIGRATION = Path(__file__).resolve().parents[1] / "migrations" / "0001_initial.sql"
 
@@ -137,7 +139,7 @@ class Running:
 
 def relay_for(pool: asyncpg.Pool, publisher: Publisher, **kwargs: Any) -> OutboxRelay:
     options: dict[str, Any] = {"poll_interval": 60.0, "min_backoff": 0.05, "max_backoff": 0.3} | kwargs
-    return OutboxRelay(pool, publisher, **options)
+    return OutboxRelay(Store(pool), publisher, **options)
 
 
 def events(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
@@ -280,7 +282,8 @@ async def test_two_relays_publish_each_row_exactly_once(
     pids = await insert_rows(pool, queue_name, 1500, notify=False)
     publishers = [Publisher(BROKER_URL, declarations=queue_declarations) for _ in range(2)]
     relays = [
-        OutboxRelay(pool, SlowPublisher(publisher), batch_size=50, poll_interval=0.05) for publisher in publishers
+        OutboxRelay(Store(pool), SlowPublisher(publisher), batch_size=50, poll_interval=0.05)
+        for publisher in publishers
     ]
     async with Running(*relays, publishers=publishers):
         got = await receive(amqp, queue_name, len(pids))

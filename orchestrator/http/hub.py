@@ -12,11 +12,11 @@ import asyncio
 from contextlib import suppress
 from typing import Any
 
-import asyncpg
 import structlog
 
 from orchestrator.dsl import jsonutil
 from orchestrator.persistence.events import EVENTS_CHANNEL
+from orchestrator.persistence.listener import Listener
 
 logger = structlog.get_logger(__name__)
 
@@ -58,12 +58,16 @@ class Subscription:
 
 class EventHub:
     def __init__(self, dsn: str, *, queue_size: int = 256, check_interval: float = 5.0) -> None:
-        self.dsn = dsn
         self.queue_size = queue_size
-        self.check_interval = check_interval
         self._subscribers: set[Subscription] = set()
-        self._task: asyncio.Task[None] | None = None
-        self._conn: asyncpg.Connection | None = None
+        self._listener = Listener(
+            dsn,
+            EVENTS_CHANNEL,
+            self._on_notify,
+            on_listening=self._on_listening,
+            application_name=APPLICATION_NAME,
+            check_interval=check_interval,
+        )
 
     def subscribe(self) -> Subscription:
         """A new subscriber; every subscribe must be paired with `unsubscribe`."""
@@ -86,7 +90,7 @@ class EventHub:
             subscription.close()
         self._subscribers.clear()
 
-    def _on_notify(self, conn: object, pid: int, channel: str, payload: str) -> None:
+    def _on_notify(self, payload: str) -> None:
         try:
             event = jsonutil.loads(payload)
         except ValueError:
@@ -95,53 +99,15 @@ class EventHub:
         if isinstance(event, dict):
             self.publish(event)
 
-    async def _listen(self) -> asyncpg.Connection:
-        conn = await asyncpg.connect(self.dsn, server_settings={"application_name": APPLICATION_NAME})
-        await conn.add_listener(EVENTS_CHANNEL, self._on_notify)
-        return conn
+    def _on_listening(self) -> None:
+        # Changes may have been missed while not listening: subscribers refetch. (None is subscribed yet at the
+        # first LISTEN, made by `start` before the app serves.)
+        self.publish({"reconnected": True})
 
     async def start(self) -> None:
         """LISTEN (failing if the database cannot be reached now), then keep listening in the background."""
-        self._conn = await self._listen()
-        self._task = asyncio.create_task(self._keep_listening(), name="event-hub")
-
-    async def _keep_listening(self) -> None:
-        backoff = 0.1
-        while True:
-            conn = self._conn
-            try:
-                if conn is None:
-                    conn = self._conn = await self._listen()
-                    logger.info("event listener reconnected")
-                    self.publish({"reconnected": True})
-                backoff = 0.1
-                await self._watch(conn)
-            except Exception as exc:  # whatever broke, live updates must come back
-                logger.warning("event listener lost its connection; reconnecting", error=str(exc), retry_in=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            if self._conn is not None:
-                self._conn.terminate()
-                self._conn = None
-
-    async def _watch(self, conn: asyncpg.Connection) -> None:
-        """Return when the connection is lost: asyncpg reports a terminated socket; a periodic query finds the rest."""
-        lost = asyncio.Event()
-        conn.add_termination_listener(lambda _: lost.set())
-        while not lost.is_set() and not conn.is_closed():
-            with suppress(TimeoutError):
-                async with asyncio.timeout(self.check_interval):
-                    await lost.wait()
-            if not lost.is_set():
-                await conn.fetchval("SELECT 1", timeout=self.check_interval)
+        await self._listener.start(require_connection=True)
 
     async def stop(self) -> None:
         self.close_subscriptions()
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
-        if self._conn is not None:
-            with suppress(Exception):
-                await asyncio.wait_for(self._conn.close(), timeout=2)
-            self._conn = None
+        await self._listener.stop()

@@ -27,6 +27,9 @@ logger = structlog.get_logger(__name__)
 
 Pool: TypeAlias = asyncpg.Pool
 
+DATABASE_DOWN = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)
+"""Errors that mean "the database is unreachable right now", as opposed to a bug."""
+
 
 @dataclass(frozen=True)
 class DatabaseLocation:
@@ -117,8 +120,9 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Pooled connections carry no session state (LISTEN and advisory locks use their own connections), so the
-    default reset on release (a round trip and a transaction per checkout) is skipped."""
+    """Pooled connections carry no session state: what sets some undoes it before giving the connection back (a
+    `Listener` UNLISTENs, a migration releases its advisory lock). So the default reset on release (a round trip
+    and a transaction per checkout) is skipped."""
 
 
 CONNECT_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)

@@ -10,7 +10,7 @@ from uuid import UUID
 import asyncpg
 
 from orchestrator.dsl.types import State
-from orchestrator.persistence.store import Transaction
+from orchestrator.persistence.transaction import Transaction
 
 
 async def set_step_state(tx: Transaction, stepid: UUID, state: State) -> None:

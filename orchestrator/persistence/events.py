@@ -23,6 +23,9 @@ logger = structlog.get_logger(__name__)
 EVENTS_CHANNEL = "orchestrator_events"
 """NOTIFY channel of process changes: feeds the websocket/SSE streams and Celery replies in every instance."""
 
+OUTBOX_CHANNEL = "orchestrator_outbox"
+"""NOTIFY channel of new outbox rows: wakes the outbox relays of every instance (`outbox.py`)."""
+
 _NOTIFY = "SELECT count(pg_notify(channel, payload)) FROM unnest($1::text[], $2::text[]) AS t(channel, payload)"
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -21,6 +20,9 @@ from orchestrator.persistence.groupcommit import GroupCommit
 
 @dataclass(frozen=True, slots=True)
 class StepOutcome:
+    """What a step left behind: the process's new status and the step row, new (`stepid`) or replacing the last
+    one (`replace_stepid`)."""
+
     pid: UUID
     token: int
     process_status: str
@@ -35,8 +37,6 @@ class StepOutcome:
     replace_stepid: UUID | None
     stepid: UUID
     lease_ttl: float
-    event: dict[str, Any]
-    """Published once the outcome is committed."""
 
 
 _MANY = """
@@ -97,7 +97,7 @@ class StepWriter:
         locked = bool(row["locked"])
         for o in outcomes:
             if o.pid in accepted:
-                self.events.publish(o.event)
+                self.events.publish({"pid": str(o.pid), "status": o.process_status, "step": o.step_name})
         return [(o.pid in accepted, locked) for o in outcomes]
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
+from uuid import UUID, uuid4
 
 import anyio
 import structlog
@@ -35,7 +37,10 @@ from orchestrator.dsl.steps import Step, StepList
 from orchestrator.dsl.types import Assignee, ProcessStatus, State, StepStatus
 from orchestrator.dsl.workflow import Workflow, WorkflowRegistry
 from orchestrator.exceptions import ClaimLostError
-from orchestrator.persistence.store import Claim, LastRow, ProcessRef, Store, Transaction
+from orchestrator.persistence.records import Claim, ProcessRef
+from orchestrator.persistence.stepwriter import StepOutcome
+from orchestrator.persistence.store import Store
+from orchestrator.persistence.transaction import Transaction
 
 logger = structlog.get_logger(__name__)
 
@@ -43,6 +48,18 @@ FAILED_REASON_LIMIT = 10_000
 TRACEBACK_LIMIT = 50_000
 
 Redispatch = Callable[[Transaction, ProcessRef], Awaitable[None]]
+
+
+@dataclass
+class LastRow:
+    """What the engine remembers of the most recent step row, to replace it or collapse repeated failures."""
+
+    stepid: UUID
+    name: str
+    status: str
+    created_by: str | None
+    state: State = field(default_factory=dict)
+    completed_at: str | None = None
 
 
 class Engine:
@@ -206,7 +223,7 @@ class _Run:
             done_at = previous.get("executed_at") or ([self.last.completed_at] if self.last.completed_at else [])
             state = {**state, "retries": int(previous.get("retries", 0)) + 1, "executed_at": done_at}
         process_status, row_assignee = self._classify(result, assignee)
-        ok, locked, stepid = await self.store.log_step(
+        outcome = StepOutcome(
             pid=self.claim.pid,
             token=self.claim.token,
             process_status=process_status.value,
@@ -219,12 +236,14 @@ class _Run:
             created_by=self.user,
             started_at=datetime.fromtimestamp(started, UTC) if isinstance(started, float) else None,
             replace_stepid=replace_id,
+            stepid=replace_id or uuid4(),
             lease_ttl=self.engine.lease_ttl,
         )
+        ok, locked = await self.store.steps.write(outcome)
         if not ok:
             raise ClaimLostError(self.claim.pid)
         self.locked = locked
-        self.last = LastRow(stepid, name, status, self.user, state, None)
+        self.last = LastRow(outcome.stepid, name, status, self.user, state, None)
         self.logger.debug("step logged", step=name, status=status)
         return type(result)(state, result.exception)
 

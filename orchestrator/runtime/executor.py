@@ -1,24 +1,24 @@
-"""The one executor interface. Nothing outside the executors knows which mode runs.
+"""The one executor interface: it dispatches processes. Nothing outside the executors knows which mode runs.
 
-`create`, `start` and `resume` are called inside the transaction that creates or resumes the process, so the
-status change and its dispatch commit together (no dual write): the threadpool executor queues in memory once the
-transaction has committed (and, with a slot free, inserts the process already claimed, saving the claim's commit);
-the Dramatiq executor writes an outbox row in that very transaction.
+`start` and `resume` are called inside the transaction that creates or resumes the process, so the status change
+and its dispatch commit together (no dual write): the threadpool executor queues in memory once the transaction
+has committed; the Dramatiq executor writes an outbox row in that very transaction.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from orchestrator.persistence.store import NewProcess, ProcessRef, Transaction
+from orchestrator.persistence.records import Lease, ProcessRef
+from orchestrator.persistence.transaction import Transaction
 
 
 class Executor(Protocol):
     kind: str
 
-    async def create(self, tx: Transaction, process: NewProcess) -> bool:
-        """Insert a new process and dispatch its first run (the insert is the transaction's last statement);
-        False, and nothing written, if the engine is paused."""
+    def reserve(self, tx: Transaction) -> Lease | None:
+        """A run slot for a process about to be inserted in `tx`, as the lease to insert it under, already claimed:
+        one commit less than a claim. Released if `tx` rolls back. None: insert it `created` and `start` it."""
 
     async def start(self, tx: Transaction, process: ProcessRef) -> None:
         """Dispatch a `created` process for its first run."""

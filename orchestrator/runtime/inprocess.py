@@ -15,7 +15,8 @@ from uuid import UUID
 
 import structlog
 
-from orchestrator.persistence.store import Claim, NewProcess, ProcessRef, Transaction
+from orchestrator.persistence.records import Claim, Lease, ProcessRef
+from orchestrator.persistence.transaction import Transaction
 from orchestrator.runtime.engine import Engine
 from orchestrator.runtime.runner import RunKind, Runner
 
@@ -34,7 +35,7 @@ class InProcessExecutor:
         self._workers: list[asyncio.Task[None]] = []
         self._busy: set[asyncio.Task[None]] = set()
         self._leased = 0
-        """Processes being inserted claimed, not yet queued."""
+        """Run slots reserved for processes being inserted claimed, not yet queued."""
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
@@ -47,19 +48,14 @@ class InProcessExecutor:
     def running(self) -> int:
         return len(self.runner.active)
 
-    async def create(self, tx: Transaction, process: NewProcess) -> bool:
-        lease = self.runner.lease() if len(self._busy) + self._queue.qsize() + self._leased < self.max_workers else None
-        if lease is None:
-            await self.start(tx, process.ref)
-            return await self.runner.store.create_process(tx, process) is not None
-        self._leased += 1
-        tx.on_rollback(self._unlease)
-        token = await self.runner.store.create_process(tx, process, lease)
-        if token is None:
-            return False  # the engine is paused; the caller rolls back
-        claim = process.claim(token)
-        tx.on_commit(lambda: self._enqueue_claimed(claim))
-        return True
+    def reserve(self, tx: Transaction) -> Lease | None:
+        if len(self._busy) + self._queue.qsize() + self._leased >= self.max_workers:
+            return None
+        lease = self.runner.lease(on_claimed=self._enqueue_claimed)
+        if lease is not None:
+            self._leased += 1
+            tx.on_rollback(self._unlease)
+        return lease
 
     def _unlease(self) -> None:
         self._leased -= 1

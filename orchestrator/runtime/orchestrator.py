@@ -14,7 +14,8 @@ import structlog
 
 from orchestrator.dsl.workflow import WORKFLOWS, WorkflowRegistry, import_workflow_modules
 from orchestrator.persistence import database, migrations
-from orchestrator.persistence.store import NewProcess, Store, Transaction
+from orchestrator.persistence.records import Lease
+from orchestrator.persistence.store import Store
 from orchestrator.runtime.engine import Engine
 from orchestrator.runtime.executor import Executor
 from orchestrator.runtime.sweeper import Sweeper
@@ -112,7 +113,7 @@ class Orchestrator:
         from orchestrator.runtime.inprocess import InProcessExecutor
 
         if not self.run_processes:
-            return _DispatchOnly(self.store)
+            return _DispatchOnly()
         return InProcessExecutor(self.engine, max_workers=s.MAX_WORKERS, shutdown_timeout=s.SHUTDOWN_TIMEOUT_SECONDS)
 
     async def close(self) -> None:
@@ -145,11 +146,8 @@ class _DispatchOnly:
 
     kind = "none"
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    async def create(self, tx: Transaction, process: NewProcess) -> bool:
-        return await self.store.create_process(tx, process) is not None
+    def reserve(self, tx: object) -> Lease | None:
+        return None
 
     async def start(self, tx: object, process: object) -> None:
         return None

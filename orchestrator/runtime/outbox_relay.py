@@ -1,12 +1,13 @@
-"""Transactional-outbox relay: publishes `outbox` rows to RabbitMQ as Dramatiq messages, then deletes them.
+"""Outbox relay: publishes the `outbox` rows (`persistence/outbox.py`) to RabbitMQ as Dramatiq messages, then
+deletes them.
 
-The engine inserts an outbox row in the same transaction as the status change that needs a dispatch, followed by
-`NOTIFY orchestrator_outbox` (delivered on commit). So a dispatch exists if and only if the change committed, and
-publishing is not on the request path: the relay LISTENs for the notification, and also polls, because a
-notification is lost while its LISTEN connection is down.
+A dispatch is an outbox row written in the transaction of the status change that needs it, and once that
+transaction has committed `OUTBOX_CHANNEL` is NOTIFYed. So a dispatch exists if and only if the change committed,
+and publishing is not on the request path: the relay LISTENs for the notification (`persistence/listener.py`),
+and also polls, because a notification is lost while its LISTEN connection is down.
 
-One drain, in one transaction: `SELECT ... FOR UPDATE SKIP LOCKED` a batch, publish it with publisher confirms,
-`DELETE` it, commit.
+One drain is one transaction (`Store.outbox_batch`): lock a batch (`FOR UPDATE SKIP LOCKED`), publish it with
+publisher confirms, delete it, commit.
 
 * Several relays (API instances, workers) may drain at once: SKIP LOCKED gives each row to one of them, so when
   nothing crashes every row is published exactly once.
@@ -22,24 +23,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
-import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import structlog
 
 from brokers.dramatiq import encode_message
 from brokers.rabbitmq import BrokerRejectedError, BrokerUnavailableError
+from orchestrator.persistence.database import DATABASE_DOWN
+from orchestrator.persistence.events import OUTBOX_CHANNEL
+from orchestrator.persistence.listener import Listener
+from orchestrator.persistence.store import Store
 
 log = structlog.get_logger(__name__)
-
-#: The channel the engine NOTIFYs after inserting outbox rows (the same name as `store.OUTBOX_CHANNEL`).
-OUTBOX_CHANNEL = "orchestrator_outbox"
-
-_SELECT = "SELECT id, queue, actor, pid, run_by FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
-_DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
-
-#: Errors that mean "the database is unreachable right now", as opposed to a bug.
-_DB_DOWN = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)
 
 
 class BatchPublisher(Protocol):
@@ -49,30 +44,28 @@ class BatchPublisher(Protocol):
 class OutboxRelay:
     """Drains the outbox on NOTIFY, on `wake()` and every `poll_interval` seconds, until `stop()`.
 
-    The LISTEN connection is taken from `pool` for the relay's lifetime (so the pool needs a second connection for
-    the drains), or opened with `asyncpg.connect(listen_dsn)` when given.
+    Its LISTEN connection is lent by the store's pool for the relay's lifetime, so the pool needs a second
+    connection for the drains.
     """
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        store: Store,
         publisher: BatchPublisher,
         *,
         batch_size: int = 500,
         poll_interval: float = 1.0,
         min_backoff: float = 0.5,
         max_backoff: float = 5.0,
-        listen_dsn: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        self._pool = pool
+        self._store = store
         self._publisher = publisher
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._min_backoff = min_backoff
         self._max_backoff = max_backoff
-        self._listen_dsn = listen_dsn
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._outages: dict[str, float] = {}  # "broker" / "database" -> since (monotonic)
@@ -89,7 +82,16 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Drain until `stop()`; never raises because of a broker or database outage. A relay runs once."""
-        listener = asyncio.create_task(self._listen(), name="outbox-listen")
+        # After each (re)connect: drain, as notifications sent while not listening are gone.
+        listener = Listener(
+            self._store.pool,
+            OUTBOX_CHANNEL,
+            lambda _payload: self.wake(),
+            on_listening=self.wake,
+            min_backoff=self._min_backoff,
+            max_backoff=self._max_backoff,
+        )
+        await listener.start()
         backoff = 0.0
         try:
             while not self._stopping.is_set():
@@ -104,8 +106,7 @@ class OutboxRelay:
                     backoff = 0.0
                     await self._wait(self._wake, self._poll_interval)
         finally:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
+            await listener.stop()
 
     async def drain(self) -> int:
         """Publish and delete batches until one is not full; return how many rows were published."""
@@ -117,80 +118,27 @@ class OutboxRelay:
                 return total
 
     async def _drain_batch(self) -> int:
-        async with self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(_SELECT, self._batch_size)
+        async with self._store.outbox_batch(self._batch_size) as rows:
             if not rows:
                 self._on_database_ok()
                 return 0
             messages = []
             for row in rows:
                 try:
-                    body = encode_message(row["queue"], row["actor"], [str(row["pid"]), row["run_by"]])
+                    body = encode_message(row.queue, row.actor, [str(row.pid), row.run_by])
                 except ValueError as exc:  # an invalid queue name can never be consumed: drop it, loudly
-                    log.error(
-                        "outbox.row_dropped", id=row["id"], queue=row["queue"], pid=str(row["pid"]), error=str(exc)
-                    )
+                    log.error("outbox.row_dropped", id=row.id, queue=row.queue, pid=str(row.pid), error=str(exc))
                     continue
-                messages.append((row["queue"], body))
+                messages.append((row.queue, body))
             await self._publisher.publish_batch(messages)
-            await conn.execute(_DELETE, [row["id"] for row in rows])
         self._on_database_ok()
         self._on_broker_ok(len(messages))
         return len(rows)
 
-    async def _listen(self) -> None:
-        """Hold a LISTEN connection; re-LISTEN (and drain, for what was missed) after it is lost."""
-        backoff = self._min_backoff
-        while not self._stopping.is_set():
-            try:
-                conn = await self._connect_listener()
-                try:
-                    await self._listen_on(conn)
-                    backoff = self._min_backoff
-                    log.warning("outbox.listen_connection_lost", retry_in=backoff)
-                finally:
-                    await self._release_listener(conn)
-            except Exception as exc:
-                self._on_failure(exc, backoff)
-            await self._wait(self._stopping, backoff)
-            backoff = min(backoff * 2, self._max_backoff)
-
-    async def _listen_on(self, conn: Any) -> None:
-        """Return when `conn` is lost."""
-        lost = asyncio.Event()
-
-        def on_lost(_conn: object) -> None:
-            lost.set()
-
-        conn.add_termination_listener(on_lost)
-        await conn.add_listener(OUTBOX_CHANNEL, self._on_notify)
-        try:
-            log.debug("outbox.listening", channel=OUTBOX_CHANNEL)
-            self.wake()  # notifications sent while we were not listening are gone
-            await lost.wait()
-        finally:
-            conn.remove_termination_listener(on_lost)
-            if not conn.is_closed():  # asyncpg warns about a connection returned to its pool still listening
-                await asyncio.shield(conn.remove_listener(OUTBOX_CHANNEL, self._on_notify))
-
-    async def _connect_listener(self) -> Any:
-        if self._listen_dsn is not None:
-            return await asyncpg.connect(self._listen_dsn)
-        return await self._pool.acquire()
-
-    async def _release_listener(self, conn: Any) -> None:
-        if self._listen_dsn is not None:
-            await asyncio.shield(conn.close(timeout=5))
-        else:
-            await asyncio.shield(self._pool.release(conn))  # the pool's reset does UNLISTEN *
-
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, _payload: str) -> None:
-        self._wake.set()
-
     def _on_failure(self, exc: Exception, retry_in: float) -> None:
         if isinstance(exc, BrokerUnavailableError):
             self._outage_started("broker", exc, retry_in)
-        elif isinstance(exc, _DB_DOWN):
+        elif isinstance(exc, DATABASE_DOWN):
             self._outage_started("database", exc, retry_in)
         elif isinstance(exc, BrokerRejectedError):
             log.error("outbox.publish_rejected", error=str(exc), retry_in=retry_in)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Literal
 from uuid import UUID, uuid4
@@ -18,7 +18,7 @@ from uuid import UUID, uuid4
 import structlog
 
 from orchestrator.dsl.types import ProcessStatus
-from orchestrator.persistence.store import Claim, Lease
+from orchestrator.persistence.records import Claim, Lease
 from orchestrator.runtime.engine import Engine, Redispatch
 
 logger = structlog.get_logger(__name__)
@@ -62,7 +62,7 @@ class Runner:
         if self.stopping:
             log.info("runner is stopping; dispatch left for another runner")
             return None
-        claim = await self.store.claim(
+        claim = await self.store.claims.claim(
             pid, statuses=CLAIMABLE[kind], owner=self.owner_id, lease_ttl=self.engine.lease_ttl, user=user
         )
         if claim is None:
@@ -74,9 +74,9 @@ class Runner:
         self.active.add(pid)
         return claim
 
-    def lease(self) -> Lease | None:
+    def lease(self, *, on_claimed: Callable[[Claim], None]) -> Lease | None:
         """A lease for a process to be inserted already claimed by this runner; None while stopping."""
-        return None if self.stopping else Lease(self.owner_id, self.engine.lease_ttl)
+        return None if self.stopping else Lease(self.owner_id, self.engine.lease_ttl, on_claimed)
 
     def adopt(self, claim: Claim) -> None:
         """Hold a claim made with `lease()`: from now on its lease is renewed."""
@@ -102,7 +102,7 @@ class Runner:
             await self.store.remove_worker(self.owner_id)
 
     async def _beat(self) -> None:
-        await self.store.renew_leases(self.owner_id, list(self.active), self.engine.lease_ttl)
+        await self.store.claims.renew_leases(self.owner_id, list(self.active), self.engine.lease_ttl)
         await self.store.heartbeat(
             worker_id=self.owner_id,
             kind=self.kind,

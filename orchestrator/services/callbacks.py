@@ -10,7 +10,7 @@ from orchestrator.dsl.state import CALLBACK_RESULT_KEY, CALLBACK_TOKEN, REMOVE_K
 from orchestrator.dsl.types import SYSTEM_USER, ProcessStatus
 from orchestrator.exceptions import CallbackTokenError, EngineLockedError, ProcessNotFoundError, ProcessStatusError
 from orchestrator.persistence import edits
-from orchestrator.persistence.store import ProcessRef, StepRow, _rows
+from orchestrator.persistence.records import ProcessRef, StepRow, step_rows
 from orchestrator.runtime.orchestrator import Orchestrator, current
 
 
@@ -20,7 +20,7 @@ async def _awaiting_row(orch: Orchestrator, process_id: UUID, token: str) -> tup
         raise ProcessNotFoundError(process_id)
     if row["last_status"] != ProcessStatus.AWAITING_CALLBACK:
         raise ProcessStatusError("This process is not in an awaiting state.")
-    rows = _rows(row["steps"])
+    rows = step_rows(row["steps"])
     last = rows[-1]
     if last.state.get(CALLBACK_TOKEN) != token:
         raise CallbackTokenError

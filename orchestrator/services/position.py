@@ -5,7 +5,7 @@ from __future__ import annotations
 from orchestrator.dsl.steps import Step
 from orchestrator.dsl.types import State, StepStatus
 from orchestrator.dsl.workflow import Workflow
-from orchestrator.persistence.store import StepRow
+from orchestrator.persistence.records import StepRow
 
 
 def cleared(rows: list[StepRow]) -> list[StepRow]:

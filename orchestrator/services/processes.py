@@ -24,7 +24,7 @@ from orchestrator.exceptions import (
     WorkflowNotLoadedError,
 )
 from orchestrator.persistence import edits, reads
-from orchestrator.persistence.store import NewProcess, ProcessRef, StepRow, _rows
+from orchestrator.persistence.records import NewProcess, ProcessRef, StepRow, step_rows
 from orchestrator.runtime.orchestrator import Orchestrator, current
 from orchestrator.services.position import cleared, current_state, next_step
 
@@ -96,8 +96,13 @@ async def start_process(
         pid, orch.workflow_ids[workflow_key], workflow_key, wf.target.value, wf.is_task, user, initial_state=state
     )
     async with orch.store.transaction() as tx:
+        # A free run slot saves the claim's commit: the process is inserted already claimed. Otherwise it is
+        # dispatched first, as the insert must be the transaction's last statement (one round trip alone).
+        lease = orch.executor.reserve(tx)
+        if lease is None:
+            await orch.executor.start(tx, process.ref)
         # The engine lock is checked by the insert itself: no start slips past a pause.
-        if not await orch.executor.create(tx, process):
+        if await orch.store.create_process(tx, process, lease) is None:
             raise EngineLockedError
     logger.info("process created", process_id=str(pid), workflow=workflow_key, user=user)
     return pid
@@ -155,7 +160,7 @@ async def resume_process(
     wf = orch.registry.get(row["workflow_name"])
     if wf is None:
         raise ProcessStatusError("This workflow cannot be resumed because it has been removed")
-    rows = _rows(row["steps"])
+    rows = step_rows(row["steps"])
     action = _resume_action(status)
     if not await _allowed(_auth_callback(wf, rows, action), user_model):
         raise NotAuthorizedError(f"User is not authorized to {action} step")

@@ -11,7 +11,7 @@ from orchestrator.dsl.types import ProcessStatus, State, StepStatus
 from orchestrator.exceptions import ProcessNotFoundError
 from orchestrator.persistence import reads, stats
 from orchestrator.persistence.reads import Condition, Order
-from orchestrator.persistence.store import StepRow, _rows
+from orchestrator.persistence.records import StepRow, step_rows
 from orchestrator.runtime.orchestrator import Orchestrator, current
 from orchestrator.services.position import cleared, current_state, next_step
 
@@ -39,7 +39,7 @@ async def get_process(process_id: UUID, *, orchestrator: Orchestrator | None = N
     if row is None:
         raise ProcessNotFoundError(process_id)
     raw_steps = row.pop("steps") or []
-    rows = _rows(raw_steps)
+    rows = step_rows(raw_steps)
     wf = orch.registry.get(row["workflow_name"])
     initial = await orch.store.latest_input(process_id, "initial_state") if not rows else None
     state = current_state(rows, initial)

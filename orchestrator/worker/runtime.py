@@ -24,7 +24,7 @@ from uuid import UUID
 
 import structlog
 
-from orchestrator.persistence.store import Claim, ProcessRef
+from orchestrator.persistence.records import Claim
 from orchestrator.runtime.dramatiq_executor import DramatiqExecutor
 from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.runtime.runner import CLAIMABLE, RunKind, Runner
@@ -35,13 +35,6 @@ logger = structlog.get_logger(__name__)
 DELIVERY_WAIT_SECONDS = 240.0
 """How long a delivery may wait for the worker to be ready and for a free run slot before it hands the dispatch
 back; a prefetched message is acked within about twice this, well inside RabbitMQ's 30-minute consumer_timeout."""
-
-_DISPATCH_OF = """
-SELECT p.is_task, w.target, p.last_status
-  FROM processes p JOIN workflows w ON w.workflow_id = p.workflow_id
- WHERE p.pid = $1
-   FOR UPDATE OF p
-"""
 
 
 class WorkerRuntime:
@@ -211,12 +204,13 @@ class WorkerRuntime:
     async def _hand_back(self, pid: UUID, kind: RunKind, user: str | None, log: Any, *, reason: str) -> None:
         """Dispatch again through the outbox (if the process still waits for this kind of run), then ack."""
         try:
-            async with self.executor.engine.store.transaction() as tx:
-                row = await tx.conn.fetchrow(_DISPATCH_OF, pid)
-                if row is None or row["last_status"] not in CLAIMABLE[kind]:
+            store = self.executor.engine.store
+            async with store.transaction() as tx:
+                found = await store.lock_for_dispatch(tx, pid, user or "SYSTEM")
+                if found is None or found[1] not in CLAIMABLE[kind]:
                     log.info("stale delivery acknowledged", reason=reason)
                     return
-                ref = ProcessRef(pid, row["is_task"], row["target"], user or "SYSTEM")
+                ref, _status = found
                 await (self.executor.start if kind == "new" else self.executor.resume)(tx, ref)
             log.info("delivery handed back through the outbox", reason=reason)
         except Exception:

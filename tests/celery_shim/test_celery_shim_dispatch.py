@@ -24,7 +24,7 @@ from support.urls import BROKER_URL
 from support.waiting import wait_for
 
 from orchestrator.dsl.types import Target
-from orchestrator.persistence.store import EVENTS_CHANNEL
+from orchestrator.persistence.events import EVENTS_CHANNEL
 from orchestrator.settings import AppSettings
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 from support.database import step_rows
@@ -16,6 +16,7 @@ from support.processes import ENGINE_SCRIPT
 from support.waiting import wait_until
 
 from orchestrator import services
+from orchestrator.persistence.stepwriter import StepOutcome
 from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.settings import AppSettings
 
@@ -142,26 +143,29 @@ async def test_a_fenced_out_runner_cannot_commit(orch: Orchestrator) -> None:
         while await status_of(orch, pid) != "suspended":
             await asyncio.sleep(0.01)
     await orch.store.pool.execute("UPDATE processes SET last_status = 'resumed' WHERE pid = $1", pid)
-    claim = await orch.store.claim(pid, statuses=["resumed"], owner="old", lease_ttl=0.01, user="x")
+    claim = await orch.store.claims.claim(pid, statuses=["resumed"], owner="old", lease_ttl=0.01, user="x")
     assert claim is not None
     await asyncio.sleep(0.05)
     async with orch.store.transaction() as tx:
         taken = await orch.store.take_over_expired(tx)
     assert [ref.pid for ref in taken] == [pid]
-    ok, _, _ = await orch.store.log_step(
-        pid=pid,
-        token=claim.token,
-        process_status="running",
-        step_name="late",
-        assignee="SYSTEM",
-        failed_reason=None,
-        traceback=None,
-        step_status="success",
-        state={},
-        created_by="old",
-        started_at=None,
-        replace_stepid=None,
-        lease_ttl=1.0,
+    ok, _ = await orch.store.steps.write(
+        StepOutcome(
+            pid=pid,
+            token=claim.token,
+            process_status="running",
+            step_name="late",
+            assignee="SYSTEM",
+            failed_reason=None,
+            traceback=None,
+            step_status="success",
+            state={},
+            created_by="old",
+            started_at=None,
+            replace_stepid=None,
+            stepid=uuid4(),
+            lease_ttl=1.0,
+        )
     )
     assert ok is False
     assert ("late", "success") not in await step_rows(orch.store.pool, pid)

@@ -13,7 +13,7 @@ from dq_support import Queues, statuses
 from support.waiting import wait_until
 
 from orchestrator import services
-from orchestrator.persistence.store import NewProcess
+from orchestrator.persistence.records import NewProcess
 from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.services import queue_status
 from orchestrator.worker.runtime import WorkerRuntime
@@ -53,10 +53,10 @@ async def test_dispatch_commits_with_the_status_change_or_not_at_all(api: Api) -
     pid = uuid4()
 
     async def create_then_fail() -> None:
+        process = NewProcess(pid, orch.workflow_ids["tf_simple"], "tf_simple", "CREATE", False, "ada", {})
         async with orch.store.transaction() as tx:  # as services.start_process does
-            assert await orch.executor.create(
-                tx, NewProcess(pid, orch.workflow_ids["tf_simple"], "tf_simple", "CREATE", False, "ada", {})
-            )
+            await orch.executor.start(tx, process.ref)
+            assert await orch.store.create_process(tx, process) is not None
             raise RuntimeError("rolled back")
 
     with pytest.raises(RuntimeError, match="rolled back"):
