@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.dsl.forms import FormPage
+from orchestrator.dsl.parallel import map_parallel, parallel
 from orchestrator.dsl.results import Abort as AbortResult
 from orchestrator.dsl.steps import (
     Step,
@@ -86,6 +87,8 @@ __all__ = [
     "get_process",
     "init",
     "inputstep",
+    "map_parallel",
+    "parallel",
     "resume_process",
     "retrystep",
     "start_process",

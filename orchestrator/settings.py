@@ -71,6 +71,9 @@ class AppSettings(BaseSettings):
     MAX_WORKERS: int = Field(default=64, ge=1, le=10_000)
     """Processes that run at once in one executor (asyncio tasks) and threads for sync steps (a run holds one)."""
 
+    MAX_BRANCHES: int = Field(default=10_000, ge=1, le=1_000_000)
+    """The most branches one `parallel`/`map_parallel` may fork; more fail the step before any branch runs."""
+
     WORKFLOW_MODULES: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Modules imported at start-up so that their workflows register (comma-separated or a JSON list)."""
 

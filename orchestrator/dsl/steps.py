@@ -10,7 +10,7 @@ import inspect
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, SupportsIndex, overload
+from typing import TYPE_CHECKING, Any, Protocol, SupportsIndex, overload
 
 import structlog
 
@@ -42,6 +42,9 @@ from orchestrator.dsl.state import (
 from orchestrator.dsl.types import Assignee, State
 from orchestrator.exceptions import InvalidWorkflowError
 
+if TYPE_CHECKING:
+    from orchestrator.dsl.parallel import Fork
+
 logger = structlog.get_logger(__name__)
 
 Authorizer = Callable[[Any], bool | Awaitable[bool]]
@@ -56,6 +59,9 @@ class StepContext(Protocol):
     async def log(self, name: str, result: Process) -> Process:
         """Persist an intermediate row (step groups) and return the result as stored."""
 
+    async def run_fork(self, fork: Fork, state: State) -> Process:
+        """Run the branches of `parallel`/`map_parallel` from `state` and join them."""
+
 
 StepFunc = Callable[[State, StepContext], Awaitable[Process]]
 
@@ -69,6 +75,8 @@ class Step:
     resume_auth_callback: Authorizer | None = None
     retry_auth_callback: Authorizer | None = None
     sub_steps: tuple[Step, ...] = field(default=())
+    fork: Fork | None = None
+    """Set on the step of `parallel`/`map_parallel`: its branches."""
 
     async def __call__(self, state: State, ctx: StepContext) -> Process:
         return await self.func(state, ctx)
