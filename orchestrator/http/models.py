@@ -64,6 +64,9 @@ class StepRecord(BaseModel):
     completed: Epoch | None
     state: JSONObject
     state_delta: JSONObject
+    branch: str | None = None
+    """The branch of a `parallel`/`map_parallel` the step ran in (`Fan out[0]`, nested `Fan out[0]/Each[2]`);
+    null for the workflow's own steps."""
 
 
 class PendingStep(BaseModel):

@@ -18,7 +18,8 @@ from orchestrator.persistence.transaction import Transaction
 STEPS_AGG = """
     (SELECT coalesce(jsonb_agg(jsonb_build_object(
                 'stepid', s.stepid, 'name', s.name, 'status', s.status, 'state', s.state,
-                'created_by', s.created_by, 'started_at', s.started_at, 'completed_at', s.completed_at)
+                'created_by', s.created_by, 'branch', s.branch, 'started_at', s.started_at,
+                'completed_at', s.completed_at)
             ORDER BY s.completed_at, s.seq), '[]'::jsonb)
        FROM process_steps s WHERE s.pid = {alias}.pid)
 """

@@ -31,6 +31,9 @@ class StepRow:
     state: State
     created_by: str | None
     completed_at: str | None
+    branch: str | None = None
+    """The branch of a `parallel`/`map_parallel` the row belongs to (a path of labels); None for the workflow's
+    own steps."""
 
     @property
     def cleared(self) -> bool:
@@ -47,6 +50,7 @@ def step_rows(raw: Sequence[dict[str, Any]] | None) -> list[StepRow]:
             state=r["state"] or {},
             created_by=r.get("created_by"),
             completed_at=r.get("completed_at"),
+            branch=r.get("branch"),
         )
         for r in raw or ()
     ]

@@ -37,15 +37,16 @@ class StepOutcome:
     replace_stepid: UUID | None
     stepid: UUID
     lease_ttl: float
+    branch: str | None = None
 
 
 _MANY = """
 WITH i AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[],
                          $7::varchar[], $8::varchar[], $9::jsonb[], $10::varchar[], $11::timestamptz[], $12::uuid[],
-                         $13::float8[], $14::uuid[])
+                         $13::float8[], $14::uuid[], $15::varchar[])
         AS t(pid, token, process_status, step_name, assignee, failed_reason, traceback, step_status, state,
-             created_by, started_at, replace_id, lease_ttl, stepid)
+             created_by, started_at, replace_id, lease_ttl, stepid, branch)
 ), p AS (
     UPDATE processes pr
        SET last_status = i.process_status, last_step = i.step_name, assignee = i.assignee,
@@ -56,9 +57,9 @@ WITH i AS (
      WHERE pr.pid = i.pid AND pr.fencing_token = i.token AND pr.last_status = 'running'
  RETURNING pr.pid
 ), ins AS (
-    INSERT INTO process_steps (stepid, pid, name, status, state, created_by, started_at, completed_at)
+    INSERT INTO process_steps (stepid, pid, name, status, state, created_by, started_at, completed_at, branch)
     SELECT i.stepid, i.pid, i.step_name, i.step_status, i.state, i.created_by,
-           coalesce(i.started_at, clock_timestamp()), clock_timestamp()
+           coalesce(i.started_at, clock_timestamp()), clock_timestamp(), i.branch
       FROM i JOIN p ON p.pid = i.pid WHERE i.replace_id IS NULL
 ), upd AS (
     UPDATE process_steps s
@@ -72,7 +73,7 @@ SELECT (SELECT coalesce(array_agg(pid), '{}') FROM p) AS ok,
 
 _COLUMNS = (
     "pid", "token", "process_status", "step_name", "assignee", "failed_reason", "traceback", "step_status", "state",
-    "created_by", "started_at", "replace_stepid", "lease_ttl", "stepid",
+    "created_by", "started_at", "replace_stepid", "lease_ttl", "stepid", "branch",
 )  # fmt: skip
 """StepOutcome fields in the order of the statement's parameters."""
 
@@ -97,7 +98,8 @@ class StepWriter:
         locked = bool(row["locked"])
         for o in outcomes:
             if o.pid in accepted:
-                self.events.publish({"pid": str(o.pid), "status": o.process_status, "step": o.step_name})
+                event = {"pid": str(o.pid), "status": o.process_status, "step": o.step_name}
+                self.events.publish({**event, "branch": o.branch} if o.branch else event)
         return [(o.pid in accepted, locked) for o in outcomes]
 
 

@@ -12,6 +12,7 @@ from contextlib import AbstractAsyncContextManager
 
 import asyncpg
 
+from orchestrator.persistence.branches import BranchStatements
 from orchestrator.persistence.claims import Claims
 from orchestrator.persistence.engine_lock import EngineLockStatements
 from orchestrator.persistence.events import EventPublisher
@@ -31,6 +32,7 @@ class Store(
     EngineLockStatements,
     WorkerStatements,
     WorkflowStatements,
+    BranchStatements,
 ):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool

@@ -8,6 +8,7 @@ owns the process now, and this run stops without touching anything.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import anyio
 import structlog
 
 from orchestrator.dsl import jsonutil
+from orchestrator.dsl.parallel import Fork
 from orchestrator.dsl.results import Failed, Process, Success, from_step_status
 from orchestrator.dsl.state import (
     ENGINE_KEYS,
@@ -37,10 +39,11 @@ from orchestrator.dsl.steps import Step, StepList
 from orchestrator.dsl.types import Assignee, ProcessStatus, State, StepStatus
 from orchestrator.dsl.workflow import Workflow, WorkflowRegistry
 from orchestrator.exceptions import ClaimLostError
-from orchestrator.persistence.records import Claim, ProcessRef
+from orchestrator.persistence.records import Claim, ProcessRef, StepRow
 from orchestrator.persistence.stepwriter import StepOutcome
 from orchestrator.persistence.store import Store
 from orchestrator.persistence.transaction import Transaction
+from orchestrator.runtime import branches
 
 logger = structlog.get_logger(__name__)
 
@@ -65,11 +68,20 @@ class LastRow:
 class Engine:
     """Shared by every runner of one program: the store, the registry and the thread pool for sync steps."""
 
-    def __init__(self, store: Store, registry: WorkflowRegistry, *, max_threads: int, lease_ttl: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: WorkflowRegistry,
+        *,
+        max_threads: int,
+        lease_ttl: float,
+        max_branches: int = 10_000,
+    ) -> None:
         self.store = store
         self.registry = registry
         self.limiter = anyio.CapacityLimiter(max_threads)
         self.lease_ttl = lease_ttl
+        self.max_branches = max_branches
 
     async def run(self, claim: Claim, *, stopping: Callable[[], bool], redispatch: Redispatch) -> ProcessStatus | None:
         """Run the claimed process until it suspends, ends, fails or must stop; return its status (None: lost)."""
@@ -98,13 +110,28 @@ class _Run:
         self.redispatch = redispatch
         self.user = claim.run_by
         self.locked = False
-        last = claim.rows[-1] if claim.rows else None
-        self.last: LastRow | None = (
+        self.branch: str | None = None
+        """The branch this run writes rows for (runtime/branches.py); None for the workflow's own steps."""
+        self.pending: State | None = None
+        """A user input held for the branch it resumes (a resume of a process waiting inside a fork)..."""
+        self.resume_path: str | None = None
+        """...the first branch waiting for input, in branch order."""
+        self.logger = logger.bind(process_id=str(claim.pid))
+        self.rows: list[StepRow] = []
+        self.inflight: list[StepRow] = []
+        self.last: LastRow | None = None
+        self._scope(*branches.scope(claim.rows, None))
+
+    def _scope(self, own: list[StepRow], inflight: list[StepRow]) -> None:
+        """Take this run's own step rows, and the rows of the branches of a fork still in flight."""
+        self.rows = own
+        self.inflight = inflight
+        last = own[-1] if own else None
+        self.last = (
             LastRow(last.stepid, last.name, last.status, last.created_by, last.state, last.completed_at)
             if last
             else None
         )
-        self.logger = logger.bind(process_id=str(claim.pid))
 
     # --- StepContext ----------------------------------------------------------------------------------------
 
@@ -114,26 +141,28 @@ class _Run:
     async def log(self, name: str, result: Process) -> Process:
         return await self._write(name, result, Assignee.SYSTEM)
 
+    async def run_fork(self, fork: Fork, state: State) -> Process:
+        return await branches.run_fork(self, fork, state)
+
+    def branch_run(self, path: str, own: list[StepRow], inflight: list[StepRow]) -> _Run:
+        """A run of one branch of a fork: this run's claim, the branch's own rows."""
+        run = copy.copy(self)
+        run.branch, run.pending, run.locked = path, self.pending, False
+        run._scope(own, inflight)
+        return run
+
     # --- the run ----------------------------------------------------------------------------------------------
 
     async def execute(self) -> ProcessStatus:
         wf = self.engine.registry.get(self.claim.workflow_name)
         if wf is None:
             return await self._fail_unknown_workflow()
-        result, remaining = await self._reload(wf)
-        for step in remaining:
-            if self.locked or self.stopping():
-                return await self._yield(redispatch=not self.locked)
-            state = {**result.state, LAST_STEP_STARTED_AT: time.time()}
-            try:
-                result = await step(state, self)
-            except ClaimLostError:
-                raise
-            except Exception as exc:  # a wrapper or built-in step failing: same as a failing step
-                result = Failed(error_state(exc), exc)
-            result = await self._write(step.name, result, step.assignee)
-            if not result.runs_next:
-                return self._status_of(result)
+        start, remaining = await self._reload(wf)
+        result = await self.run_steps(start, remaining)
+        if result is None:
+            return await self._yield(redispatch=not self.locked)
+        if isinstance(result, branches.Unjoined):
+            return await branches.settle(self, result)
         if result.runs_next:
             # orchestrator-core leaves such a process `running` for ever; a run that ran out of steps has ended.
             self.logger.warning("workflow has no `done` step; the process is marked completed", workflow=wf.name)
@@ -148,12 +177,33 @@ class _Run:
             return ProcessStatus.COMPLETED
         return self._status_of(result)
 
+    async def run_steps(self, result: Process, remaining: StepList) -> Process | None:
+        """Run `remaining` from `result` until one does not let the next run; None when stopped before a step."""
+        for step in remaining:
+            if self.locked or self.stopping():
+                return None
+            state = {**result.state, LAST_STEP_STARTED_AT: time.time()}
+            try:
+                result = await step(state, self)
+            except ClaimLostError:
+                raise
+            except Exception as exc:  # a wrapper or built-in step failing: same as a failing step
+                result = Failed(error_state(exc), exc)
+            if isinstance(result, branches.Unjoined):  # its branches wrote their rows; the fork writes none
+                return result
+            result = await self._write(step.name, result, step.assignee)
+            if not result.runs_next:
+                return result
+        return result
+
     async def _reload(self, wf: Workflow) -> tuple[Process, StepList]:
         """Current result and remaining steps, from the step log (positional, as orchestrator-core)."""
-        rows = self.claim.rows
+        rows = self.rows
         cleared = [row for row in rows if row.cleared]
         remaining = wf.steps[len(cleared) :]
         pending = self.claim.pending_input
+        if self.inflight and remaining and remaining[0].fork is not None:
+            self.pending, pending = pending, None  # the input resumes a branch of the fork in flight
         if not rows:
             state = self._initial_state(wf)
             return Success(deep_merge(state, pending) if pending else state), remaining
@@ -223,6 +273,8 @@ class _Run:
             done_at = previous.get("executed_at") or ([self.last.completed_at] if self.last.completed_at else [])
             state = {**state, "retries": int(previous.get("retries", 0)) + 1, "executed_at": done_at}
         process_status, row_assignee = self._classify(result, assignee)
+        if self.branch is not None:  # siblings run on: the fork settles the process once none can
+            process_status, failed_reason, traceback = ProcessStatus.RUNNING, None, None
         outcome = StepOutcome(
             pid=self.claim.pid,
             token=self.claim.token,
@@ -238,6 +290,7 @@ class _Run:
             replace_stepid=replace_id,
             stepid=replace_id or uuid4(),
             lease_ttl=self.engine.lease_ttl,
+            branch=self.branch,
         )
         ok, locked = await self.store.steps.write(outcome)
         if not ok:

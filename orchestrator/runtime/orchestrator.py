@@ -88,7 +88,13 @@ class Orchestrator:
         self.workflow_ids = await self._store.upsert_workflows(
             [(wf.name, wf.target.value, wf.description, wf.is_task) for wf in self.registry.values()]
         )
-        self._engine = Engine(self._store, self.registry, max_threads=s.MAX_WORKERS, lease_ttl=s.LEASE_TTL_SECONDS)
+        self._engine = Engine(
+            self._store,
+            self.registry,
+            max_threads=s.MAX_WORKERS,
+            lease_ttl=s.LEASE_TTL_SECONDS,
+            max_branches=s.MAX_BRANCHES,
+        )
         self._executor = self._make_executor()
         await self._executor.open()
         self.sweeper = Sweeper(

@@ -7,7 +7,7 @@ from uuid import UUID
 
 from orchestrator.dsl import jsonutil
 from orchestrator.dsl.state import CALLBACK_RESULT_KEY, CALLBACK_TOKEN, REMOVE_KEYS
-from orchestrator.dsl.types import SYSTEM_USER, ProcessStatus
+from orchestrator.dsl.types import SYSTEM_USER, ProcessStatus, StepStatus
 from orchestrator.exceptions import CallbackTokenError, EngineLockedError, ProcessNotFoundError, ProcessStatusError
 from orchestrator.persistence import edits
 from orchestrator.persistence.records import ProcessRef, StepRow, step_rows
@@ -20,9 +20,15 @@ async def _awaiting_row(orch: Orchestrator, process_id: UUID, token: str) -> tup
         raise ProcessNotFoundError(process_id)
     if row["last_status"] != ProcessStatus.AWAITING_CALLBACK:
         raise ProcessStatusError("This process is not in an awaiting state.")
-    rows = step_rows(row["steps"])
-    last = rows[-1]
-    if last.state.get(CALLBACK_TOKEN) != token:
+    # The awaiting row is the last one, or, in a fork, the last one of the branch whose callback this is.
+    last_of_branch = {r.branch: r for r in step_rows(row["steps"])}
+    awaiting = (
+        r
+        for r in last_of_branch.values()
+        if r.status == StepStatus.AWAITING_CALLBACK and r.state.get(CALLBACK_TOKEN) == token
+    )
+    last = next(awaiting, None)
+    if last is None:
         raise CallbackTokenError
     return row, last
 

@@ -26,7 +26,7 @@ from orchestrator.exceptions import (
 from orchestrator.persistence import edits, reads
 from orchestrator.persistence.records import NewProcess, ProcessRef, StepRow, step_rows
 from orchestrator.runtime.orchestrator import Orchestrator, current
-from orchestrator.services.position import cleared, current_state, next_step
+from orchestrator.services.position import cleared, current_state, waiting_branch, waiting_step
 
 logger = structlog.get_logger(__name__)
 
@@ -168,13 +168,17 @@ async def resume_process(
         raise ProcessStatusError(f"Resuming a {status} workflow is not possible")
     if await orch.store.engine_locked():
         raise EngineLockedError
-    step = next_step(wf, rows)
-    waiting_for_input = (
-        status in (ProcessStatus.SUSPENDED, ProcessStatus.RESUMED) and rows and rows[-1].status == (StepStatus.SUSPEND)
-    )
     initial = await orch.store.latest_input(process_id, "initial_state") if not rows else None
+    waiting = waiting_branch(wf, rows, initial)
+    step = waiting_step(wf, rows, waiting)
+    last = waiting.row if waiting is not None else next((r for r in reversed(rows) if r.branch is None), None)
+    waiting_for_input = (
+        status in (ProcessStatus.SUSPENDED, ProcessStatus.RESUMED)
+        and last is not None
+        and last.status == StepStatus.SUSPEND
+    )
     form = step.form if (waiting_for_input and step is not None) else None
-    user_input = run_form(form, current_state(rows, initial), _pages(user_inputs))
+    user_input = run_form(form, current_state(rows, initial, waiting), _pages(user_inputs))
     async with orch.store.transaction() as tx:
         await orch.executor.resume(tx, ProcessRef(process_id, row["is_task"], row["workflow_target"], user))
         if not await orch.store.mark_resumed(

@@ -13,7 +13,7 @@ from orchestrator.persistence import reads, stats
 from orchestrator.persistence.reads import Condition, Order
 from orchestrator.persistence.records import StepRow, step_rows
 from orchestrator.runtime.orchestrator import Orchestrator, current
-from orchestrator.services.position import cleared, current_state, next_step
+from orchestrator.services.position import cleared, current_state, waiting_branch, waiting_step
 
 
 def _step_view(row: StepRow, previous: State | None, raw: dict[str, Any]) -> dict[str, Any]:
@@ -29,6 +29,7 @@ def _step_view(row: StepRow, previous: State | None, raw: dict[str, Any]) -> dic
         "completed": raw.get("completed_at"),
         "state": row.state,
         "state_delta": delta,
+        "branch": row.branch,
     }
 
 
@@ -42,16 +43,17 @@ async def get_process(process_id: UUID, *, orchestrator: Orchestrator | None = N
     rows = step_rows(raw_steps)
     wf = orch.registry.get(row["workflow_name"])
     initial = await orch.store.latest_input(process_id, "initial_state") if not rows else None
-    state = current_state(rows, initial)
+    waiting = waiting_branch(wf, rows, initial)
+    state = current_state(rows, initial, waiting)
     steps: list[dict[str, Any]] = []
-    previous: State | None = None
+    previous: dict[str | None, State] = {}  # per branch: a branch's delta is against its own previous step
     for step_row, raw in zip(rows, raw_steps, strict=True):
-        steps.append(_step_view(step_row, previous, raw))
+        steps.append(_step_view(step_row, previous.get(step_row.branch), raw))
         if step_row.status in (StepStatus.SUCCESS, StepStatus.SKIPPED, StepStatus.COMPLETE):
-            previous = step_row.state
+            previous[step_row.branch] = step_row.state
     if wf is not None and row["last_status"] not in (ProcessStatus.COMPLETED, ProcessStatus.ABORTED):
         steps.extend({"name": s.name, "status": "pending"} for s in wf.steps[len(cleared(rows)) :])
-    step = next_step(wf, rows)
+    step = waiting_step(wf, rows, waiting)
     form = (
         first_page_schema(step.form, state)
         if step is not None and step.form is not None and row["last_status"] == ProcessStatus.SUSPENDED

@@ -1,0 +1,138 @@
+"""Workflows with parallel branches, for the tests (imported through WORKFLOW_MODULES, also by worker processes)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+from orchestrator import FormPage, State, StepList, begin, done, init, inputstep, map_parallel, parallel, step, workflow
+
+RUNS: Counter[str] = Counter()
+"""How often each counted step ran in this program (in-process tests)."""
+SWITCHES: dict[str, Any] = {"fail": True, "hold": False}
+
+
+@step("Prepare")
+def prepare() -> State:
+    return {"gone": 1, "shared": 0, "ports": ["p1", "p2", "p3"], "empty": []}
+
+
+@step("Set A")
+def set_a() -> State:
+    RUNS["Set A"] += 1
+    return {"a": 1, "shared": 7}
+
+
+@step("Set B")
+def set_b() -> State:
+    RUNS["Set B"] += 1
+    return {"b": 2, "__remove_keys": ["gone"]}
+
+
+@step("Agree")
+def agree() -> State:
+    return {"shared": 7}
+
+
+@step("Disagree")
+def disagree() -> State:
+    return {"shared": 8}
+
+
+@workflow("Parallel join")
+def pf_parallel() -> StepList:
+    return begin >> init >> prepare >> parallel("Fan out", set_a, set_b >> agree, agree) >> done
+
+
+@workflow("Parallel conflict")
+def pf_conflict() -> StepList:
+    return begin >> init >> prepare >> parallel("Clash", agree, disagree) >> done
+
+
+@step("Double")
+async def double(item: str, item_index: int) -> State:
+    await asyncio.sleep(0)
+    return {"port": item.upper(), "position": item_index}
+
+
+@workflow("Map join")
+def pf_map() -> StepList:
+    return (
+        begin
+        >> init
+        >> prepare
+        >> map_parallel("Each", "ports", double, result_key="results", max_concurrency=2)
+        >> map_parallel("None", "empty", double, result_key="nothing")
+        >> done
+    )
+
+
+@workflow("Nested forks")
+def pf_nested() -> StepList:
+    inner = parallel("Inner", set_a, set_b)
+    each = map_parallel("Each", lambda state: state["ports"][:2], double >> inner, result_key="per_port")
+    return begin >> init >> prepare >> parallel("Outer", inner, each) >> done
+
+
+class ApprovalForm(FormPage):
+    approved: bool
+
+
+@inputstep("Approve", assignee="NOC")
+def approve() -> type[ApprovalForm]:
+    return ApprovalForm
+
+
+class CommentForm(FormPage):
+    comment: str
+
+
+@inputstep("Comment")
+def comment() -> type[CommentForm]:
+    return CommentForm
+
+
+@step("After approval")
+def after_approval(approved: bool) -> State:
+    RUNS["After approval"] += 1
+    return {"checked": approved}
+
+
+@workflow("Input in a branch")
+def pf_input() -> StepList:
+    return begin >> init >> parallel("Ask", approve >> after_approval, set_a, comment) >> done
+
+
+@step("Flaky")
+def flaky() -> State:
+    RUNS["Flaky"] += 1
+    if SWITCHES["fail"]:
+        raise ValueError("flaky branch failed")
+    return {"flaky": "ok"}
+
+
+@workflow("Failing branch")
+def pf_retry() -> StepList:
+    return begin >> init >> parallel("Mixed", set_a, flaky >> set_b) >> done
+
+
+@step("Held")
+async def held(item_index: int) -> State:
+    RUNS[f"Held {item_index}"] += 1
+    while SWITCHES["hold"]:
+        await asyncio.sleep(0.01)
+    return {"held": item_index}
+
+
+@step("After held")
+def after_held(item_index: int) -> State:
+    RUNS[f"After held {item_index}"] += 1
+    return {"after": item_index}
+
+
+@workflow("Held branches")
+def pf_held() -> StepList:
+    return (
+        begin >> init >> prepare >> map_parallel("Hold", "ports", held >> after_held, result_key="held_results") >> done
+    )
