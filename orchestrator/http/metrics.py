@@ -37,6 +37,14 @@ class _Snapshot(Collector):
             sum_value=s.step_seconds,
         )
         yield GaugeMetricFamily(
+            "orchestrator_branches",
+            "Branches of parallel/map_parallel that have written a step row",
+            value=s.branches,
+        )
+        yield GaugeMetricFamily(
+            "orchestrator_branch_steps", "Step rows written by parallel branches", value=s.branch_steps
+        )
+        yield GaugeMetricFamily(
             "orchestrator_queue_depth", "Processes waiting for a runner (created or resumed)", value=s.queue_depth
         )
         yield GaugeMetricFamily(

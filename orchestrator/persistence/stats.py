@@ -89,6 +89,10 @@ class MetricsSnapshot:
     workers_online: int
     running: int
     capacity: int
+    branches: int = 0
+    """Branches of `parallel`/`map_parallel` that wrote a step row (distinct process and branch path)."""
+    branch_steps: int = 0
+    """Step rows written by branches."""
 
     @property
     def queue_depth(self) -> int:
@@ -105,13 +109,15 @@ async def metrics_snapshot(pool: asyncpg.Pool, bounds: Sequence[float], online_w
     negated = sorted(-b for b in bounds)
     row = await pool.fetchrow(
         """
-        WITH d AS (SELECT extract(epoch FROM completed_at - started_at)::float8 AS secs FROM process_steps)
+        WITH d AS (SELECT extract(epoch FROM completed_at - started_at)::float8 AS secs FROM process_steps),
+             b AS (SELECT pid, branch, count(*) AS n FROM process_steps WHERE branch IS NOT NULL GROUP BY 1, 2)
         SELECT (SELECT coalesce(jsonb_agg(jsonb_build_array(last_status, is_task, n)), '[]')
                   FROM (SELECT last_status, is_task, count(*) AS n FROM processes GROUP BY 1, 2) s) AS processes,
                (SELECT coalesce(jsonb_agg(jsonb_build_array(k, n)), '[]')
                   FROM (SELECT width_bucket(-secs, $1::float8[]) AS k, count(*) AS n FROM d GROUP BY 1) b) AS buckets,
                (SELECT count(*) FROM d) AS step_count,
                (SELECT coalesce(sum(greatest(secs, 0)), 0) FROM d) AS step_seconds,
+               (SELECT count(*) FROM b) AS branches, (SELECT coalesce(sum(n), 0) FROM b) AS branch_steps,
                count(w.*) AS online, coalesce(sum(w.running), 0) AS running, coalesce(sum(w.capacity), 0) AS capacity
           FROM workers w WHERE w.heartbeat_at > now() - make_interval(secs => $2)
         """,
@@ -132,4 +138,6 @@ async def metrics_snapshot(pool: asyncpg.Pool, bounds: Sequence[float], online_w
         workers_online=int(row["online"]),
         running=int(row["running"]),
         capacity=int(row["capacity"]),
+        branches=int(row["branches"]),
+        branch_steps=int(row["branch_steps"]),
     )

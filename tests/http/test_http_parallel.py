@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from support.http import problem, start, wait_status
 
 from orchestrator.settings import AppSettings
@@ -36,3 +37,18 @@ async def test_inputstep_in_a_branch_resumed_over_http(client: httpx.AsyncClient
     process = await wait_status(client, pid)
     assert process["last_status"] == "completed"
     assert process["current_state"]["checked"] is True and process["current_state"]["comment"] == "ok"
+
+
+async def test_metrics_count_branches_and_their_steps(client: httpx.AsyncClient) -> None:
+    samples = await metric_samples(client)
+    assert (samples["orchestrator_branches"], samples["orchestrator_branch_steps"]) == (0, 0)
+    await wait_status(client, await start(client, "pf_parallel"))
+    samples = await metric_samples(client)
+    # Fan out[0]: Set A; Fan out[1]: Set B, Agree; Fan out[2]: Agree
+    assert (samples["orchestrator_branches"], samples["orchestrator_branch_steps"]) == (3, 4)
+
+
+async def metric_samples(client: httpx.AsyncClient) -> dict[str, float]:
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    return {s.name: s.value for family in text_string_to_metric_families(response.text) for s in family.samples}
