@@ -11,7 +11,20 @@ from uuid import UUID
 
 from pydantic import Field
 
-from orchestrator import FormPage, State, StepList, Target, begin, done, init, inputstep, step, workflow
+from orchestrator import (
+    FormPage,
+    State,
+    StepList,
+    Target,
+    begin,
+    done,
+    init,
+    inputstep,
+    map_parallel,
+    parallel,
+    step,
+    workflow,
+)
 
 
 class PortForm(FormPage):
@@ -89,3 +102,51 @@ def wait_for_input() -> type[NoteForm]:
 @workflow("Three steps with an input step (benchmarks)", target=Target.SYSTEM)
 def three_steps_with_input() -> StepList:
     return init >> one >> wait_for_input >> two >> three >> done
+
+
+@step("Reserve VLAN")
+async def reserve_vlan(port_id: str) -> State:
+    return {"vlan": 100}
+
+
+@step("Update inventory")
+def update_inventory(port_id: str) -> State:
+    return {"inventory": "updated"}
+
+
+@step("Configure site")
+async def configure_site(item: str, item_index: int) -> State:
+    await asyncio.sleep(0)  # each site is configured concurrently with the others
+    return {"site": item, "configured": True, "position": item_index}
+
+
+@workflow("Provision a port on several sites in parallel", initial_input_form=initial_form, target=Target.CREATE)
+def provision_port_parallel() -> StepList:
+    """Fan out twice: two independent preparations, then one branch per site; each joins before `Done`."""
+    return (
+        begin
+        >> init
+        >> create_port
+        >> parallel("Prepare", reserve_vlan, update_inventory)
+        >> map_parallel("Configure sites", lambda state: ["ams", "fra", "lon"], configure_site, result_key="sites")
+        >> done
+    )
+
+
+@step("Branch step")
+async def branch_step(item_index: int) -> State:
+    return {"done": item_index}
+
+
+class FanOutForm(FormPage):
+    branches: Annotated[int, Field(ge=0)] = 10
+
+
+@workflow("One fork of one-step branches (benchmarks)", initial_input_form=lambda: FanOutForm, target=Target.SYSTEM)
+def fan_out() -> StepList:
+    """`branches` one-step branches, joined under `results`."""
+    return (
+        init
+        >> map_parallel("Fan out", lambda state: list(range(state["branches"])), branch_step, result_key="results")
+        >> done
+    )

@@ -9,4 +9,4 @@ from orchestrator.settings import AppSettings
 
 @pytest.fixture
 def settings(settings: AppSettings) -> AppSettings:
-    return settings.model_copy(update={"WORKFLOW_MODULES": ["testflows", "parallelflows"], "MAX_BRANCHES": 50})
+    return settings.model_copy(update={"WORKFLOW_MODULES": ["testflows", "parallelflows", "orchestrator.examples.workflows"], "MAX_BRANCHES": 50})

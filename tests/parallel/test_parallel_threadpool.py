@@ -175,3 +175,13 @@ async def test_pause_stops_every_branch_before_its_next_step_and_unpause_continu
     assert process["last_status"] == "completed"
     assert process["current_state"]["held_results"] == [{"held": i, "after": i} for i in range(3)]
     assert all(RUNS[f"Held {i}"] == 1 and RUNS[f"After held {i}"] == 1 for i in range(3))
+
+
+async def test_the_examples_fork_and_join(orch: Orchestrator) -> None:
+    pid = await services.start_process("provision_port_parallel", [{"customer": "ACME"}], orchestrator=orch)
+    state = (await wait_status(orch, pid))["current_state"]
+    assert (state["vlan"], state["inventory"]) == (100, "updated")
+    assert [s["site"] for s in state["sites"]] == ["ams", "fra", "lon"]
+    pid = await services.start_process("fan_out", [{"branches": 20}], orchestrator=orch)
+    state = (await wait_status(orch, pid))["current_state"]
+    assert state["results"] == [{"done": i} for i in range(20)]
