@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from orchestrator import State, Target, done, init, step
+from orchestrator import State, Target, done, init, parallel, step
 from orchestrator.dsl.workflow import Workflow, WorkflowRegistry
 
 GATE_TIMEOUT_SECONDS = 120.0
@@ -36,4 +36,14 @@ async def after_gate() -> State:
 
 DQ_GATED = Workflow(name="dq_gated", steps=init >> gated >> after_gate >> done, target=Target.CREATE)
 
-REGISTRY = WorkflowRegistry({DQ_GATED.name: DQ_GATED})
+
+@step("Quick branch")
+async def quick_branch() -> State:
+    return {"quick": True}
+
+
+DQ_FORK = Workflow(
+    name="dq_fork", steps=init >> parallel("Fork", quick_branch, gated >> after_gate) >> done, target=Target.CREATE
+)
+
+REGISTRY = WorkflowRegistry({DQ_GATED.name: DQ_GATED, DQ_FORK.name: DQ_FORK})
