@@ -43,6 +43,7 @@ import asyncpg
 import httpx
 import psutil
 
+from orchestrator import bench_fanout
 from orchestrator.dsl.types import RUN_ENDED_STATUSES, ProcessStatus
 from orchestrator.persistence import migrations
 from orchestrator.settings import load_settings
@@ -55,6 +56,8 @@ SCENARIOS: dict[str, str] = {
     "distributed": "three_steps, EXECUTOR=dramatiq, K worker processes (dramatiq -p 1 -t 8)",
     "distributed_latency": "three_steps one at a time, EXECUTOR=dramatiq, K workers (the latency scenario there)",
     "celery": "tasks.new_workflow from a real Celery client, via the celery-shim, to K workers, to completed",
+    "fanout": "fan_out: one fork of 1000 one-step branches, then N processes of 10 branches, vs N three_steps",
+    "distributed_fanout": "fanout with EXECUTOR=dramatiq and K workers",
 }
 LAYOUT = {
     "threadpool": "threadpool",
@@ -64,6 +67,8 @@ LAYOUT = {
     "distributed": "dramatiq",
     "distributed_latency": "dramatiq",
     "celery": "celery",
+    "fanout": "threadpool",
+    "distributed_fanout": "dramatiq",
 }
 """Which servers a scenario needs: `threadpool` (API), `dramatiq` (API + K workers), `celery` (shim + K workers)."""
 
@@ -75,6 +80,8 @@ DEFAULT_COUNTS = {
     "distributed": 1000,
     "distributed_latency": 200,
     "celery": 1000,
+    "fanout": 200,
+    "distributed_fanout": 200,
 }
 QUICK_COUNT = 5
 WORKFLOWS_MODULE = "orchestrator.examples.workflows"
@@ -1340,6 +1347,7 @@ class Bench:
         workflow: str,
         *,
         one_at_a_time: bool = False,
+        body: bytes = EMPTY_FORM,
     ) -> tuple[Watcher, list[str], float, float]:
         """POST `n` starts of `workflow`; wait until each run ended. Returns (watcher, errors, t_first, t_last)."""
         assert stack.api_url is not None
@@ -1350,7 +1358,7 @@ class Bench:
             async with LoadClient(stack.api_url, concurrency) as client:
 
                 async def send(_: int) -> LoadResponse:
-                    return await client.post(f"/api/processes/{workflow}", content=EMPTY_FORM, headers=JSON_HEADERS)
+                    return await client.post(f"/api/processes/{workflow}", content=body, headers=JSON_HEADERS)
 
                 async def on_ok(_: int, t0: float, response: LoadResponse) -> None:
                     future = watcher.add(uuid.UUID(response.json()["id"]), t0)
@@ -1437,6 +1445,22 @@ class Bench:
 
     async def _scenario_distributed_latency(self, stack: Stack, monitor: Monitor, n: int, window: Window | None) -> Any:
         result = await self._throughput(stack, monitor, n, window, "three_steps", one_at_a_time=True)
+        result["workers"] = self.options.workers
+        return result
+
+    async def _scenario_fanout(self, stack: Stack, monitor: Monitor, n: int, window: Window | None) -> Any:
+        label = window.label if window else "warm-up"
+
+        async def starts(count: int, workflow: str, body: bytes) -> tuple[dict[str, Any], list[uuid.UUID]]:
+            watcher, errors, t0, t1 = await self._starts(stack, monitor, count, label, workflow, body=body)
+            summary = self._summary(count, self.options.concurrency, watcher, errors, t0, t1, [])
+            summary["latency_ms"] = percentiles(self._row_latencies(watcher))
+            return summary, list(watcher.seen)
+
+        return await self._measured(window, lambda: bench_fanout.measure(starts, monitor, n, self.options.quick))
+
+    async def _scenario_distributed_fanout(self, stack: Stack, monitor: Monitor, n: int, window: Window | None) -> Any:
+        result = await self._scenario_fanout(stack, monitor, n, window)
         result["workers"] = self.options.workers
         return result
 
@@ -1621,6 +1645,11 @@ def format_table(results: dict[str, Any]) -> str:
         )
     for name, why in results.get("skipped", {}).items():
         lines.append(f"{name:<20} skipped: {why}")
+    fanouts = [
+        bench_fanout.format_fanout(name, r["fanout"]) for name, r in results["scenarios"].items() if "fanout" in r
+    ]
+    if fanouts:
+        lines.extend(["", "parallel branches:", *fanouts])
     return "\n".join([*lines, "", "resources over the measured window:", *resources])
 
 

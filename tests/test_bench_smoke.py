@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-SCENARIOS = ("threadpool", "latency", "resume")
+SCENARIOS = ("threadpool", "latency", "resume", "fanout")
 
 
 @pytest.mark.slow
@@ -38,4 +38,7 @@ def test_bench_quick_reports_every_scenario(database_uri: str) -> None:
         assert scenario["throughput"] > 0, name
         assert scenario["latency_ms"]["p50"] > 0, name
         assert scenario["servers"]["api"]["peak_rss_mb"] > 0, name
+    fanout = report["scenarios"]["fanout"]["fanout"]
+    assert fanout["branch_steps_per_s"] > 0 and fanout["plain_steps_per_s"] > 0
+    assert fanout["single_fork"]["completed"] == 1 and fanout["single_fork"]["fork_to_join_s"] > 0
     assert "scenario" in result.stdout  # the human table

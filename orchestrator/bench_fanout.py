@@ -1,0 +1,76 @@
+"""The fan-out benchmark (`orchestrator bench --scenarios fanout,distributed_fanout`): the example workflow
+`fan_out` (one `map_parallel` of one-step branches) against `three_steps` in the same servers.
+
+Three parts, all to completion: one process forking `SINGLE_FORK` branches; N processes of `SMALL_FORK` branches
+at concurrency C; N `three_steps` processes for the plain-step rate of the same mode. Reported: branch steps per
+second next to plain steps per second, and the time from fork to join (the first branch step's start to the
+join row's commit, from the step rows).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+from uuid import UUID
+
+import orjson
+
+SINGLE_FORK = 1000
+SMALL_FORK = 10
+PLAIN_STEPS = 5
+"""Rows of a `three_steps` process: Start, One, Two, Three, Done."""
+
+_FORK_TO_JOIN = """/* orchestrator-bench */
+SELECT pid, extract(epoch FROM max(completed_at) FILTER (WHERE branch IS NULL AND name = 'Fan out')
+                              - min(started_at) FILTER (WHERE branch IS NOT NULL))::float8 AS secs,
+       count(*) FILTER (WHERE branch IS NOT NULL) AS branch_steps
+  FROM process_steps WHERE pid = ANY($1::uuid[]) GROUP BY pid"""
+
+Starts = Callable[[int, str, bytes], Awaitable[tuple[dict[str, Any], list[UUID]]]]
+"""`starts(n, workflow, body)`: the summary of N starts run to completion, and their pids."""
+
+
+class _Monitor(Protocol):
+    async def fetch(self, query: str, *args: Any) -> list[Any]: ...
+
+
+async def measure(starts: Starts, monitor: _Monitor, n: int, quick: bool) -> dict[str, Any]:
+    single = SMALL_FORK * 5 if quick else SINGLE_FORK
+    one, one_pid = await starts(1, "fan_out", orjson.dumps([{"branches": single}]))
+    result, pids = await starts(n, "fan_out", orjson.dumps([{"branches": SMALL_FORK}]))
+    plain, _ = await starts(n, "three_steps", b"[{}]")
+    forks = {row["pid"]: row for row in await monitor.fetch(_FORK_TO_JOIN, [*one_pid, *pids])}
+    single_secs = forks[one_pid[0]]["secs"] if one_pid and one_pid[0] in forks else None
+    branch_steps = sum(int(forks[p]["branch_steps"]) for p in pids if p in forks)
+    result["fanout"] = {
+        "branches_per_process": SMALL_FORK,
+        "branch_steps_per_s": round(branch_steps / result["wall_s"], 1),
+        "plain_steps_per_s": round(plain["completed"] * PLAIN_STEPS / plain["wall_s"], 1),
+        "fork_to_join_ms": _spread([forks[p]["secs"] * 1000 for p in pids if p in forks]),
+        "single_fork": {
+            "branches": single,
+            "fork_to_join_s": round(single_secs, 3) if single_secs is not None else None,
+            "branch_steps_per_s": round(single / single_secs, 1) if single_secs else None,
+            "completed": one["completed"],
+        },
+        "plain_errors": plain["errors"],
+    }
+    result["errors"] += one["errors"] + plain["errors"]
+    return result
+
+
+def _spread(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "max": None}
+    return {"p50": round(statistics.median(values), 2), "max": round(max(values), 2)}
+
+
+def format_fanout(name: str, fanout: dict[str, Any]) -> str:
+    single = fanout["single_fork"]
+    return (
+        f"  {name:<20} branch steps/s {fanout['branch_steps_per_s']} ({fanout['branches_per_process']} per process) "
+        f"vs plain steps/s {fanout['plain_steps_per_s']}; fork->join p50 {fanout['fork_to_join_ms']['p50']} ms; "
+        f"one fork of {single['branches']}: {single['fork_to_join_s']} s fork->join, "
+        f"{single['branch_steps_per_s']} branch steps/s"
+    )
