@@ -185,3 +185,20 @@ async def test_the_examples_fork_and_join(orch: Orchestrator) -> None:
     pid = await services.start_process("fan_out", [{"branches": 20}], orchestrator=orch)
     state = (await wait_status(orch, pid))["current_state"]
     assert state["results"] == [{"done": i} for i in range(20)]
+
+
+async def test_a_duplicate_dispatch_during_a_fork_runs_nothing_twice(orch: Orchestrator) -> None:
+    SWITCHES["hold"] = True
+    pid = await start(orch, "pf_held")
+    await wait_until(lambda: _held(orch, pid), what="every branch to be in its held step")
+    runner = orch.executor.runner  # type: ignore[attr-defined]
+    assert await runner.run(pid, "new") is None  # a redelivered start finds the process running: not claimed
+    assert await runner.run(pid, "resume") is None
+    SWITCHES["hold"] = False
+    process = await wait_status(orch, pid)
+    assert process["last_status"] == "completed"
+    assert all(RUNS[f"Held {i}"] == 1 and RUNS[f"After held {i}"] == 1 for i in range(3))
+    rows = await branch_rows(orch, pid)
+    assert len(rows) == len(set(rows)) and [r for r in rows if r[0] is None and r[1] == "Hold"] == [
+        (None, "Hold", "success")
+    ]
