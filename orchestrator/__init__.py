@@ -3,7 +3,8 @@
 Port a workflow module written for orchestrator-core by changing its imports to this package.
 
 The DSL names are imported eagerly; the runtime and the Python API (`Orchestrator`, `start_process`,
-`wait_for_process`, ...) on first use, so that a module of workflow definitions imports neither a database driver nor a broker client.
+`wait_for_process`, ...) on first use, so that a module of workflow definitions imports neither a database
+driver nor a broker client.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from orchestrator.dsl.workflow import RunPredicateFail, RunPredicatePass, Workfl
 from orchestrator.settings import AppSettings
 
 if TYPE_CHECKING:
-    from orchestrator.exceptions import ProcessWaitTimeout
+    from orchestrator.exceptions import ProcessWaitTimeoutError
     from orchestrator.outcomes import wait_for_process
     from orchestrator.runtime.orchestrator import Orchestrator
     from orchestrator.services import (
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "Orchestrator": "orchestrator.runtime.orchestrator",
-    "ProcessWaitTimeout": "orchestrator.exceptions",
+    "ProcessWaitTimeoutError": "orchestrator.exceptions",
     "abort_process": "orchestrator.services",
     "delete_process": "orchestrator.services",
     "get_process": "orchestrator.services",
@@ -71,7 +72,7 @@ __all__ = [
     "FormPage",
     "Orchestrator",
     "ProcessStatus",
-    "ProcessWaitTimeout",
+    "ProcessWaitTimeoutError",
     "RunPredicateFail",
     "RunPredicatePass",
     "State",

@@ -12,7 +12,7 @@ from typing import Any
 from uuid import UUID
 
 from orchestrator.dsl.types import RUN_ENDED_STATUSES, ProcessStatus
-from orchestrator.exceptions import ProcessNotFoundError, ProcessWaitTimeout
+from orchestrator.exceptions import ProcessNotFoundError, ProcessWaitTimeoutError
 from orchestrator.persistence.reads import process_summary
 from orchestrator.runtime.orchestrator import Orchestrator, current
 from orchestrator.services import get_process
@@ -29,7 +29,7 @@ async def wait_for_process(
 
     By default `until` is every status that ends a run (completed, suspended, waiting, awaiting_callback, failed,
     api_unavailable, inconsistent_data, aborted); a process already there returns at once. After `timeout` seconds
-    ProcessWaitTimeout is raised and the process is left alone. ProcessNotFoundError if it does not exist (or is
+    ProcessWaitTimeoutError is raised and the process is left alone. ProcessNotFoundError if it does not exist (or is
     deleted meanwhile); ValueError for a status that does not exist.
     """
     orch = orchestrator or current()
@@ -48,6 +48,6 @@ async def wait_for_process(
                 status = summary["last_status"]
     except TimeoutError:
         if deadline.expired():
-            raise ProcessWaitTimeout(process_id, status, timeout or 0) from None
+            raise ProcessWaitTimeoutError(process_id, status, timeout or 0) from None
         raise
     return await get_process(process_id, orchestrator=orch)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -19,6 +19,9 @@ import pytest
 from orchestrator.persistence import migrations
 from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.settings import AppSettings, load_settings
+from orchestrator.testing.fixtures import clean_orchestrator, migrated_database
+
+__all__ = ["clean_orchestrator"]  # `orchestrator.testing`'s fixture, as users' suites get it
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_DIR = TESTS_DIR.parent
@@ -61,6 +64,13 @@ async def database_uri(template_db: str) -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture(scope="session")
+def orchestrator_test_database() -> Iterator[str]:
+    """The session database of `clean_orchestrator`, on the test server whatever DATABASE_URI says."""
+    with migrated_database(ADMIN_URI) as uri:
+        yield uri
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator import ProcessWaitTimeout, services, wait_for_process
+from orchestrator import ProcessWaitTimeoutError, services, wait_for_process
 from orchestrator.exceptions import ProcessNotFoundError
 from orchestrator.persistence.process_watch import APPLICATION_NAME
 from orchestrator.runtime.orchestrator import Orchestrator
@@ -60,7 +60,7 @@ async def test_until_a_chosen_status(orch: Orchestrator) -> None:
 
 async def test_timeout_raises_and_leaves_the_process_alone(orch: Orchestrator) -> None:
     pid = await services.start_process("tf_input", [{"size": 3}])
-    with pytest.raises(ProcessWaitTimeout) as raised:
+    with pytest.raises(ProcessWaitTimeoutError) as raised:
         await wait_for_process(pid, until="completed", timeout=0.5)
     assert isinstance(raised.value, TimeoutError)
     assert raised.value.status == "suspended"
