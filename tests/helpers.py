@@ -12,6 +12,18 @@ from orchestrator import services
 from orchestrator.dsl.types import RUN_ENDED_STATUSES
 from orchestrator.runtime.orchestrator import Orchestrator
 
+RUN_OUTCOMES = [
+    ("tf_simple", None, "completed"),
+    ("tf_input", [{"size": 3}], "suspended"),
+    ("tf_retry", None, "waiting"),
+    ("tf_callback", None, "awaiting_callback"),
+    ("tf_fail", None, "failed"),
+    ("tf_task_api", None, "api_unavailable"),
+    ("tf_task_assert", None, "inconsistent_data"),
+    ("tf_abort", None, "aborted"),
+]
+"""(test workflow, initial input, the status its first run ends in), for every status that ends a run."""
+
 
 async def wait_status(
     orch: Orchestrator, pid: UUID, statuses: set[str] | frozenset[str] = RUN_ENDED_STATUSES, timeout: float = 10.0

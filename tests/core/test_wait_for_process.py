@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
+from helpers import RUN_OUTCOMES
 
 from orchestrator import ProcessWaitTimeoutError, services, wait_for_process
 from orchestrator.exceptions import ProcessNotFoundError
@@ -16,20 +17,8 @@ from orchestrator.persistence.process_watch import APPLICATION_NAME
 from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.settings import AppSettings
 
-OUTCOMES = [
-    ("tf_simple", None, "completed"),
-    ("tf_input", [{"size": 3}], "suspended"),
-    ("tf_retry", None, "waiting"),
-    ("tf_callback", None, "awaiting_callback"),
-    ("tf_fail", None, "failed"),
-    ("tf_task_api", None, "api_unavailable"),
-    ("tf_task_assert", None, "inconsistent_data"),
-    ("tf_abort", None, "aborted"),
-]
-"""(workflow, initial input, the status its first run ends in) for every status that ends a run."""
 
-
-@pytest.mark.parametrize(("workflow", "inputs", "ended"), OUTCOMES)
+@pytest.mark.parametrize(("workflow", "inputs", "ended"), RUN_OUTCOMES)
 async def test_returns_when_the_run_ends(
     orch: Orchestrator, workflow: str, inputs: list[dict[str, Any]] | None, ended: str
 ) -> None:
