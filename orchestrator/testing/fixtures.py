@@ -46,23 +46,19 @@ def _run(coroutine: Coroutine[Any, Any, None]) -> None:
         thread.submit(asyncio.run, coroutine).result()
 
 
-async def _create(server_dsn: str, name: str) -> None:
-    conn = await asyncpg.connect(server_dsn)
+async def _execute(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.execute(sql)
     finally:
         await conn.close()
+
+
+async def _create(server_dsn: str, name: str) -> None:
+    await _execute(server_dsn, f'CREATE DATABASE "{name}"')
     conn = await asyncpg.connect(_on_database(server_dsn, name))
     try:
         await migrations.upgrade(conn)
-    finally:
-        await conn.close()
-
-
-async def _drop(server_dsn: str, name: str) -> None:
-    conn = await asyncpg.connect(server_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
 
@@ -75,7 +71,7 @@ def migrated_database(server_dsn: str) -> Iterator[str]:
     try:
         yield _on_database(server_dsn, name)
     finally:
-        _run(_drop(server_dsn, name))
+        _run(_execute(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")
@@ -90,11 +86,7 @@ def orchestrator_test_database() -> Iterator[str]:
 @pytest_asyncio.fixture
 async def clean_orchestrator(orchestrator_test_database: str) -> AsyncIterator[Orchestrator]:
     """An open Orchestrator (settings from the environment) on the session's database, emptied for this test."""
-    conn = await asyncpg.connect(orchestrator_test_database)
-    try:
-        await conn.execute(_EMPTY)
-    finally:
-        await conn.close()
+    await _execute(orchestrator_test_database, _EMPTY)
     settings = load_settings(
         DATABASE_URI=orchestrator_test_database,
         MIGRATE_ON_START=False,
