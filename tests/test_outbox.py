@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -18,39 +17,28 @@ import asyncpg
 import dramatiq
 import pytest
 import structlog
-from tcpproxy import TcpProxy
+from support.amqp import dramatiq_queues
+from support.database import scratch_database
+from support.tcpproxy import TcpProxy
+from support.urls import BROKER_URL, unique
+from support.waiting import wait_until
 
 from brokers.dramatiq import declare_dramatiq_queues, queue_declarations
 from brokers.rabbitmq import Publisher
 from orchestrator.runtime.outbox_relay import OUTBOX_CHANNEL, OutboxRelay
 
-RABBITMQ_URL = os.environ.get("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
-PG_ADMIN_URI = os.environ.get("TEST_PG_ADMIN_URI", "postgresql://postgres@127.0.0.1:5432/postgres")
 MIGRATION = Path(__file__).resolve().parents[1] / "migrations" / "0001_initial.sql"
 
 
 @pytest.fixture(scope="module")
 async def database() -> AsyncIterator[str]:
-    name = f"outbox_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(PG_ADMIN_URI)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = PG_ADMIN_URI.rpartition("/")[0] + "/" + name
-    try:
+    async with scratch_database("outbox_test") as dsn:
         conn = await asyncpg.connect(dsn)
         try:
             await conn.execute(MIGRATION.read_text())
         finally:
             await conn.close()
         yield dsn
-    finally:
-        admin = await asyncpg.connect(PG_ADMIN_URI)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 @pytest.fixture
@@ -68,21 +56,12 @@ async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture
-async def amqp() -> AsyncIterator[aio_pika.abc.AbstractChannel]:
-    connection = await aio_pika.connect(RABBITMQ_URL)
-    try:
-        yield await connection.channel()
-    finally:
-        await connection.close()
-
-
-@pytest.fixture
 async def queue_name(amqp: aio_pika.abc.AbstractChannel) -> AsyncIterator[str]:
-    name = f"outbox_{uuid.uuid4().hex[:12]}"
+    name = unique("outbox")
     await declare_dramatiq_queues(amqp, name)
     yield name
-    for suffix in ("", ".DQ", ".XQ"):
-        await amqp.queue_delete(name + suffix)
+    for queue in dramatiq_queues(name):
+        await amqp.queue_delete(queue)
 
 
 async def insert_rows(
@@ -128,14 +107,6 @@ async def receive(
     return got
 
 
-async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
 async def listener_pids(pool: asyncpg.Pool) -> list[int]:
     rows = await pool.fetch(
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = $1",
@@ -179,10 +150,10 @@ def events(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, An
 async def test_notified_rows_are_published_and_deleted(
     pool: asyncpg.Pool, amqp: aio_pika.abc.AbstractChannel, queue_name: str
 ) -> None:
-    publisher = Publisher(RABBITMQ_URL, declarations=queue_declarations)
+    publisher = Publisher(BROKER_URL, declarations=queue_declarations)
     relay = relay_for(pool, publisher)  # polls only every 60 s: the NOTIFY must do it
     async with Running(relay, publishers=[publisher]):
-        await wait_for(lambda: _has_listener(pool))
+        await wait_until(lambda: _has_listener(pool))
         pids = await insert_rows(pool, queue_name, 3)
         got = await receive(amqp, queue_name, 3, timeout=5)
         assert await outbox_count(pool) == 0
@@ -199,10 +170,10 @@ async def _has_listener(pool: asyncpg.Pool) -> bool:
 async def test_wake_drains_without_notify(
     pool: asyncpg.Pool, amqp: aio_pika.abc.AbstractChannel, queue_name: str
 ) -> None:
-    publisher = Publisher(RABBITMQ_URL, declarations=queue_declarations)
+    publisher = Publisher(BROKER_URL, declarations=queue_declarations)
     relay = relay_for(pool, publisher)
     async with Running(relay, publishers=[publisher]):
-        await wait_for(lambda: _has_listener(pool))
+        await wait_until(lambda: _has_listener(pool))
         pids = await insert_rows(pool, queue_name, 2, notify=False)
         relay.wake()
         got = await receive(amqp, queue_name, 2, timeout=5)
@@ -213,7 +184,7 @@ async def test_large_backlog_is_drained_in_batches(
     pool: asyncpg.Pool, amqp: aio_pika.abc.AbstractChannel, queue_name: str
 ) -> None:
     pids = await insert_rows(pool, queue_name, 1234, notify=False)  # before the relay starts
-    publisher = Publisher(RABBITMQ_URL, declarations=queue_declarations)
+    publisher = Publisher(BROKER_URL, declarations=queue_declarations)
     relay = relay_for(pool, publisher, batch_size=100)
     async with Running(relay, publishers=[publisher]):
         got = await receive(amqp, queue_name, len(pids))
@@ -226,12 +197,12 @@ async def test_invalid_queue_row_is_dropped_not_blocking(
 ) -> None:
     await insert_rows(pool, "not a queue", 1, notify=False)
     pids = await insert_rows(pool, queue_name, 2, notify=False)
-    publisher = Publisher(RABBITMQ_URL, declarations=queue_declarations)
+    publisher = Publisher(BROKER_URL, declarations=queue_declarations)
     relay = relay_for(pool, publisher)
     with structlog.testing.capture_logs() as logs:
         async with Running(relay, publishers=[publisher]):
             got = await receive(amqp, queue_name, 2)
-            await wait_for(lambda: _outbox_empty(pool))
+            await wait_until(lambda: _outbox_empty(pool))
     assert [message["args"][0] for message in got] == pids
     assert [entry["queue"] for entry in events(logs, "outbox.row_dropped")] == ["not a queue"]
 
@@ -257,7 +228,7 @@ async def test_unreachable_broker_keeps_rows_and_warns_once(
     assert len(events(logs, "outbox.still_unavailable")) >= 3
     assert relay.published == 0
 
-    up = Publisher(RABBITMQ_URL, declarations=queue_declarations)
+    up = Publisher(BROKER_URL, declarations=queue_declarations)
     async with Running(relay_for(pool, up), publishers=[up]):
         got = await receive(amqp, queue_name, 5)
     assert [message["args"][0] for message in got] == pids
@@ -284,7 +255,7 @@ async def test_broker_outage_then_recovery(
 
                 await proxy.start()  # recovery, same port
                 assert [m["args"][0] for m in await receive(amqp, queue_name, 4)] == during
-                await wait_for(lambda: _outbox_empty(pool))
+                await wait_until(lambda: _outbox_empty(pool))
     finally:
         await proxy.close()
     assert len(events(logs, "outbox.unavailable")) == 1
@@ -307,7 +278,7 @@ async def test_two_relays_publish_each_row_exactly_once(
     pool: asyncpg.Pool, amqp: aio_pika.abc.AbstractChannel, queue_name: str
 ) -> None:
     pids = await insert_rows(pool, queue_name, 1500, notify=False)
-    publishers = [Publisher(RABBITMQ_URL, declarations=queue_declarations) for _ in range(2)]
+    publishers = [Publisher(BROKER_URL, declarations=queue_declarations) for _ in range(2)]
     relays = [
         OutboxRelay(pool, SlowPublisher(publisher), batch_size=50, poll_interval=0.05) for publisher in publishers
     ]
@@ -325,24 +296,24 @@ async def test_two_relays_publish_each_row_exactly_once(
 async def test_listen_is_restored_after_the_connection_is_killed(
     pool: asyncpg.Pool, amqp: aio_pika.abc.AbstractChannel, queue_name: str
 ) -> None:
-    publisher = Publisher(RABBITMQ_URL, declarations=queue_declarations)
+    publisher = Publisher(BROKER_URL, declarations=queue_declarations)
     relay = relay_for(pool, publisher)  # no polling to speak of: only a working LISTEN delivers in time
     async with Running(relay, publishers=[publisher]):
-        await wait_for(lambda: _has_listener(pool))
+        await wait_until(lambda: _has_listener(pool))
         [old] = await listener_pids(pool)
         assert await pool.fetchval("SELECT pg_terminate_backend($1)", old)
 
         async def relistened() -> bool:
             return (await listener_pids(pool)) not in ([], [old])
 
-        await wait_for(relistened)
+        await wait_until(relistened)
         pids = await insert_rows(pool, queue_name, 2)
         got = await receive(amqp, queue_name, 2, timeout=5)
     assert [message["args"][0] for message in got] == pids
 
 
 async def test_stop_returns_promptly(pool: asyncpg.Pool) -> None:
-    publisher = Publisher(RABBITMQ_URL, declarations=queue_declarations)
+    publisher = Publisher(BROKER_URL, declarations=queue_declarations)
     relay = relay_for(pool, publisher)
     task = asyncio.create_task(relay.run())
     await asyncio.sleep(0.2)
@@ -370,10 +341,10 @@ async def test_failure_after_confirm_republishes_at_least_once(
 ) -> None:
     """The documented duplicate: harmless because workers claim processes by status."""
     [pid] = await insert_rows(pool, queue_name, 1, notify=False)
-    publisher = Publisher(RABBITMQ_URL, declarations=queue_declarations)
+    publisher = Publisher(BROKER_URL, declarations=queue_declarations)
     relay = relay_for(pool, CrashAfterConfirm(publisher), poll_interval=0.05)
     async with Running(relay, publishers=[publisher]):
         got = await receive(amqp, queue_name, 2)
-        await wait_for(lambda: _outbox_empty(pool))
+        await wait_until(lambda: _outbox_empty(pool))
     assert [message["args"][0] for message in got] == [pid, pid]
     assert got[0]["message_id"] != got[1]["message_id"]

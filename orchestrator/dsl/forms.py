@@ -13,7 +13,6 @@ from typing import Any, cast
 
 from pydantic import ConfigDict
 from pydantic_forms.core import FormPage, post_form
-from pydantic_forms.core.shared import page_schema
 from pydantic_forms.exceptions import FormNotCompleteError, FormOverflowError, FormValidationError
 
 from orchestrator.dsl.state import inject_args
@@ -81,8 +80,3 @@ def first_page_schema(form: InputForm | None, state: State) -> dict[str, Any] | 
     except Exception:  # a form that cannot render for this state: show nothing rather than fail a read
         return None
     return None
-
-
-def page_json_schema(page: type[FormPage]) -> dict[str, Any]:
-    schema: dict[str, Any] = page_schema(page)
-    return schema

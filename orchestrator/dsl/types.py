@@ -74,16 +74,6 @@ FAILED_STATUSES = frozenset(
 )
 """Statuses whose resume re-runs the failed step ("retry")."""
 
-TERMINAL_STATUSES = frozenset(
-    {
-        ProcessStatus.COMPLETED,
-        ProcessStatus.ABORTED,
-        ProcessStatus.FAILED,
-        ProcessStatus.API_UNAVAILABLE,
-        ProcessStatus.INCONSISTENT_DATA,
-    }
-)
-
 RUN_ENDED_STATUSES = frozenset(
     set(ProcessStatus) - {ProcessStatus.CREATED, ProcessStatus.RUNNING, ProcessStatus.RESUMED}
 )

@@ -11,13 +11,13 @@ from starlette.middleware import Middleware
 from starlette.routing import WebSocketRoute
 
 from orchestrator.http import engine_settings, health, live, metrics, openapi, processes, workflows
-from orchestrator.http.auth import Authorizer, BearerTokenMiddleware, allow_all
+from orchestrator.http.auth import BearerTokenMiddleware, RequestAuthorizer, allow_all
 from orchestrator.http.context import AppContext
 from orchestrator.http.hub import EventHub
 from orchestrator.http.limits import BodyLimitMiddleware
 from orchestrator.http.problems import HANDLERS
 from orchestrator.http.routing import build_routes
-from orchestrator.runtime.orchestrator import Orchestrator
+from orchestrator.services import Orchestrator
 from orchestrator.settings import AppSettings, load_settings
 
 APIS = (processes.api, live.api, workflows.api, engine_settings.api, health.api, metrics.api, openapi.api)
@@ -47,7 +47,7 @@ def create_app(
     settings: AppSettings | None = None,
     *,
     orchestrator: Orchestrator | None = None,
-    authorizer: Authorizer | None = None,
+    authorizer: RequestAuthorizer | None = None,
 ) -> Starlette:
     """The API app. `uvicorn main:app` with `app = create_app()` reads the settings from the environment."""
     settings = settings or (orchestrator.settings if orchestrator is not None else load_settings())

@@ -4,9 +4,10 @@ Three layers, outermost first:
 - `API_TOKEN`: when set, every request but the health check needs `Authorization: Bearer <token>` (a websocket
   may offer it as `Sec-WebSocket-Protocol: base64.bearer.token, <token>` or `?token=`, as browsers cannot set
   headers on websockets);
-- the app's `Authorizer`: given the connection, an action and the workflow key or process id it concerns, yes or no
-  (default: yes);
-- the workflow's and steps' own callbacks, which the Python API applies to the request's user model.
+- the app's `RequestAuthorizer`: given the connection, an action and the workflow key or process id it concerns,
+  yes or no (default: yes);
+- the workflow's and steps' own `Authorizer` callbacks (`authorize_callback`, ...), which the Python API applies to
+  the request's user model.
 
 The user model is `scope["user"]`, set by whatever authentication middleware the deployment wraps around the app
 (Starlette's `AuthenticationMiddleware`, an OIDC middleware, ...); its name is the reporter unless `?reporter=`
@@ -32,7 +33,7 @@ REPORTER_MAX_LENGTH = 100
 PUBLIC_PATHS = frozenset({"/api/health"})
 
 
-class Authorizer(Protocol):
+class RequestAuthorizer(Protocol):
     async def __call__(self, conn: HTTPConnection, action: Action, resource: str | None) -> bool:
         """May this connection do `action` on `resource` (a workflow key or a process id; None for collections)?"""
 

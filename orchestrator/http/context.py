@@ -8,21 +8,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import cast
 
-import asyncpg
 from starlette.requests import HTTPConnection
 
 from orchestrator.exceptions import NotAuthorizedError
-from orchestrator.http.auth import Action, Authorizer
+from orchestrator.http.auth import Action, RequestAuthorizer
 from orchestrator.http.hub import EventHub
 from orchestrator.http.routing import Operation
-from orchestrator.runtime.orchestrator import Orchestrator
+from orchestrator.services import Orchestrator
 from orchestrator.settings import AppSettings
 
 
 @dataclass
 class AppContext:
     settings: AppSettings
-    authorizer: Authorizer
+    authorizer: RequestAuthorizer
     operations: list[Operation]
     given: Orchestrator | None
     """An Orchestrator opened by the caller (tests, embedding programs); the app neither opens nor closes it."""
@@ -36,10 +35,6 @@ class AppContext:
         if orch is None:
             raise RuntimeError("The app is not started (its lifespan has not run)")
         return orch
-
-    @property
-    def pool(self) -> asyncpg.Pool:
-        return self.orchestrator.store.pool
 
     @property
     def events(self) -> EventHub:

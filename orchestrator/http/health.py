@@ -8,10 +8,10 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
+from orchestrator import services
 from orchestrator.http.context import context
 from orchestrator.http.problems import Problem
 from orchestrator.http.routing import Api, Reply, json_reply
-from orchestrator.persistence import reads
 
 logger = structlog.get_logger(__name__)
 
@@ -29,7 +29,7 @@ TIMEOUT_SECONDS = 2.0
 async def health(request: Request) -> Response:
     try:
         async with asyncio.timeout(TIMEOUT_SECONDS):
-            await reads.database_answers(context(request).pool)
+            await services.database_answers(orchestrator=context(request).orchestrator)
     except Exception as exc:  # any failure to answer means unhealthy, and is not this request's fault
         logger.warning("health check failed", error=repr(exc))
         return Problem(503, "The database does not answer")

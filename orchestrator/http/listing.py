@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-from orchestrator.persistence.reads import PROCESS_FIELDS, Condition, Kind, Order, QueryError
+from orchestrator.services import PROCESS_FIELDS, Condition, Kind, Order, QueryError
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 _OPERATOR = re.compile(r"^(>=|<=|>|<)")

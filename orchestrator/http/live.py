@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from orchestrator import services
 from orchestrator.dsl import jsonutil
 from orchestrator.dsl.types import ProcessStatus
 from orchestrator.exceptions import ProcessNotFoundError
@@ -22,7 +23,6 @@ from orchestrator.http.context import context
 from orchestrator.http.hub import Event, Subscription
 from orchestrator.http.params import PROCESS_ID, path_uuid
 from orchestrator.http.routing import Api, Reply
-from orchestrator.persistence import reads
 
 api = Api("live updates")
 
@@ -102,7 +102,7 @@ def _sse(event: Event) -> bytes:
 
 
 async def _snapshot(request: Request, pid: UUID) -> Event:
-    summary = await reads.process_summary(context(request).pool, pid)
+    summary = await services.process_summary(pid, orchestrator=context(request).orchestrator)
     if summary is None:
         return {"pid": str(pid), "status": "deleted"}
     return {"pid": str(pid), "status": summary["last_status"], "step": summary["last_step"]}

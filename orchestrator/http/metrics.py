@@ -11,9 +11,9 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from orchestrator import services
 from orchestrator.http.context import context
 from orchestrator.http.routing import Api, Reply
-from orchestrator.persistence import reads
 
 api = Api("metrics")
 
@@ -21,7 +21,7 @@ STEP_SECONDS_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 
 
 class _Snapshot(Collector):
-    def __init__(self, snapshot: reads.MetricsSnapshot) -> None:
+    def __init__(self, snapshot: services.MetricsSnapshot) -> None:
         self.snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
@@ -62,7 +62,7 @@ class _Snapshot(Collector):
 async def metrics(request: Request) -> Response:
     ctx = context(request)
     await ctx.authorize(request, "read")
-    snapshot = await reads.metrics_snapshot(ctx.pool, STEP_SECONDS_BOUNDS, ctx.settings.LEASE_TTL_SECONDS)
+    snapshot = await services.metrics_snapshot(STEP_SECONDS_BOUNDS, orchestrator=ctx.orchestrator)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(snapshot))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

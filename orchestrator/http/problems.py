@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any, Self, cast
 
-import asyncpg
 import structlog
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -27,7 +26,7 @@ from orchestrator.exceptions import (
     StartPredicateError,
     WorkflowNotFoundError,
 )
-from orchestrator.persistence.reads import QueryError
+from orchestrator.services import QueryError, ValueRefusedError
 
 logger = structlog.get_logger(__name__)
 
@@ -155,7 +154,7 @@ HANDLERS: Mapping[Any, Any] = {
     FormValidationError: form_invalid,
     FormNotCompleteError: form_incomplete,
     FormOverflowError: form_overflow,
-    asyncpg.DataError: data_refused,
+    ValueRefusedError: data_refused,
     Exception: server_error,
 }
 """Starlette `exception_handlers`; the `Exception` entry becomes the outermost 500 handler."""

@@ -6,8 +6,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from orchestrator import services
-from orchestrator.dsl.types import FAILED_STATUSES
-from orchestrator.exceptions import ProcessNotFoundError
 from orchestrator.http import listing
 from orchestrator.http.auth import user_model, user_name
 from orchestrator.http.context import context
@@ -26,7 +24,6 @@ from orchestrator.http.models import (
 )
 from orchestrator.http.params import PROCESS_ID, REPORTER, json_body, path_uuid, text_body
 from orchestrator.http.routing import Api, Body, Param, Reply, json_reply
-from orchestrator.persistence import reads
 
 api = Api("processes")
 
@@ -66,8 +63,11 @@ async def list_processes(request: Request) -> Response:
     await ctx.authorize(request, "read")
     query = request.query_params
     window = listing.parse_range(query.get("range"))
-    rows, total = await reads.list_processes(
-        ctx.pool, listing.parse_filter(query.get("filter")), listing.parse_sort(query.get("sort")), window
+    rows, total = await services.list_processes(
+        listing.parse_filter(query.get("filter")),
+        listing.parse_sort(query.get("sort")),
+        window,
+        orchestrator=ctx.orchestrator,
     )
     tag = listing.etag(rows)
     headers = {"ETag": f'W/"{tag}"'}
@@ -161,9 +161,7 @@ async def update_process(request: Request) -> Response:
     await ctx.authorize(request, "update", str(pid))
     patch: NotePatch = await json_body(request, NotePatch)
     if "note" in patch.model_fields_set:
-        if not await reads.set_note(ctx.pool, pid, patch.note):
-            raise ProcessNotFoundError(pid)
-        ctx.orchestrator.store.events.publish({"pid": str(pid), "note": True})
+        await services.set_note(pid, patch.note, orchestrator=ctx.orchestrator)
     return json_reply(ProcessOut, await services.get_process(pid, orchestrator=ctx.orchestrator))
 
 
@@ -179,7 +177,6 @@ async def delete_process(request: Request) -> Response:
     pid = path_uuid(request, "process_id")
     await ctx.authorize(request, "delete", str(pid))
     await services.delete_process(pid, orchestrator=ctx.orchestrator)
-    ctx.orchestrator.store.events.publish({"pid": str(pid), "status": "deleted"})
     return Response(status_code=204)
 
 
@@ -203,10 +200,7 @@ async def resume_process(request: Request) -> Response:
     inconsistent_data) and for `resume` otherwise. Form errors write nothing."""
     ctx = context(request)
     pid = path_uuid(request, "process_id")
-    summary = await reads.process_summary(ctx.pool, pid)
-    if summary is None:
-        raise ProcessNotFoundError(pid)
-    await ctx.authorize(request, "retry" if summary["last_status"] in FAILED_STATUSES else "resume", str(pid))
+    await ctx.authorize(request, await services.resume_action(pid, orchestrator=ctx.orchestrator), str(pid))
     user = user_name(request)
     pages = await json_body(request, ResumePages)
     await services.resume_process(

@@ -15,9 +15,9 @@ from types import FrameType
 
 import uvicorn
 
+from orchestrator import services
 from orchestrator.http.app import create_app
 from orchestrator.http.context import AppContext
-from orchestrator.persistence import database
 from orchestrator.settings import AppSettings
 
 STARTUP_FAILED = 3
@@ -57,7 +57,7 @@ class _Server(uvicorn.Server):
 def serve(settings: AppSettings, *, host: str, port: int) -> int:
     """Run until SIGTERM/SIGINT; 0 after a clean shutdown, 3 when the app could not start."""
     if settings.DATABASE_URI:
-        asyncio.run(database.ensure_reachable(settings.DATABASE_URI))
+        asyncio.run(services.ensure_database_reachable(settings.DATABASE_URI))
     app = create_app(settings)
     config = uvicorn.Config(
         app,

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from orchestrator.http.context import AppContext, context
+from orchestrator import services
+from orchestrator.http.context import context
 from orchestrator.http.models import WorkflowOut
 from orchestrator.http.params import path_uuid
 from orchestrator.http.routing import Api, Param, Reply, json_reply
-from orchestrator.persistence import reads
 
 api = Api("workflows")
-
-
-def _with_steps(ctx: AppContext, row: dict[str, Any]) -> dict[str, Any]:
-    wf = ctx.orchestrator.registry.get(row["name"])
-    steps = [{"name": name} for name in wf.step_names] if wf is not None else None
-    return {**row, "key": row["name"], "steps": steps}
 
 
 @api.operation(
@@ -32,8 +24,7 @@ def _with_steps(ctx: AppContext, row: dict[str, Any]) -> dict[str, Any]:
 async def list_workflows(request: Request) -> Response:
     ctx = context(request)
     await ctx.authorize(request, "read")
-    rows = await reads.list_workflows(ctx.pool)
-    return json_reply(list[WorkflowOut], [_with_steps(ctx, row) for row in rows])
+    return json_reply(list[WorkflowOut], await services.list_workflows(orchestrator=ctx.orchestrator))
 
 
 @api.operation(
@@ -47,7 +38,7 @@ async def get_workflow(request: Request) -> Response:
     ctx = context(request)
     workflow_id = path_uuid(request, "workflow_id")
     await ctx.authorize(request, "read", str(workflow_id))
-    row = await reads.get_workflow(ctx.pool, workflow_id)
-    if row is None:
+    workflow = await services.get_workflow(workflow_id, orchestrator=ctx.orchestrator)
+    if workflow is None:
         raise HTTPException(404, f"Workflow id {workflow_id} not found")
-    return json_reply(WorkflowOut, _with_steps(ctx, row))
+    return json_reply(WorkflowOut, workflow)

@@ -1,4 +1,4 @@
-"""Reads (and a note edit) that only the HTTP API needs: process listing, workflows, notes, metrics.
+"""Reads of processes and workflows outside a run: listings with filters, sorting and paging, a process's summary.
 
 Field names that come from a request are looked up in whitelists (`PROCESS_FIELDS`, `OPERATORS`, `DIRECTIONS`)
 and only the whitelisted SQL is spliced into a statement; every value travels as a bind parameter.
@@ -6,7 +6,7 @@ and only the whitelisted SQL is spliced into a statement; every value travels as
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -14,8 +14,6 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-
-from orchestrator.dsl.types import ProcessStatus
 
 
 class QueryError(ValueError):
@@ -182,10 +180,18 @@ async def process_summary(pool: asyncpg.Pool, pid: UUID) -> dict[str, Any] | Non
     return dict(row.items()) if row is not None else None
 
 
-async def set_note(pool: asyncpg.Pool, pid: UUID, note: str | None) -> bool:
-    """Change a process's note, bumping `last_modified_at` so that listings' ETags change; False if not found."""
-    result = await pool.execute("UPDATE processes SET note = $2, last_modified_at = now() WHERE pid = $1", pid, note)
-    return bool(result != "UPDATE 0")
+async def is_task(pool: asyncpg.Pool, pid: UUID) -> bool | None:
+    """Whether a process runs a task; None if there is no such process."""
+    value: bool | None = await pool.fetchval("SELECT is_task FROM processes WHERE pid = $1", pid)
+    return value
+
+
+async def task_ids(pool: asyncpg.Pool, statuses: Iterable[str]) -> list[UUID]:
+    """The processes of tasks in any of `statuses`."""
+    rows = await pool.fetch(
+        "SELECT pid FROM processes WHERE is_task AND last_status = ANY($1::text[])", [str(s) for s in statuses]
+    )
+    return [r["pid"] for r in rows]
 
 
 _WORKFLOW_COLUMNS = "workflow_id, name, target, is_task, description, created_at"
@@ -205,60 +211,3 @@ async def get_workflow(pool: asyncpg.Pool, workflow_id: UUID) -> dict[str, Any] 
 
 async def database_answers(pool: asyncpg.Pool) -> bool:
     return bool(await pool.fetchval("SELECT true"))
-
-
-@dataclass(frozen=True)
-class MetricsSnapshot:
-    processes: list[tuple[str, bool, int]]
-    """(status, is_task, count) for every status that occurs."""
-    step_buckets: list[tuple[float, int]]
-    """Cumulative (upper bound, steps that took at most that long), one per bound."""
-    step_count: int
-    step_seconds: float
-    workers_online: int
-    running: int
-    capacity: int
-
-    @property
-    def queue_depth(self) -> int:
-        waiting = (ProcessStatus.CREATED, ProcessStatus.RESUMED)
-        return sum(n for status, _, n in self.processes if status in waiting)
-
-
-async def metrics_snapshot(pool: asyncpg.Pool, bounds: Sequence[float], online_within: float) -> MetricsSnapshot:
-    """Aggregates for /metrics, one round trip.
-
-    Step durations are bucketed with `width_bucket` over the negated bounds: bucket k then counts the steps that
-    fit under exactly k bounds, which gives Prometheus' inclusive `le` counts without one scan per bound.
-    """
-    negated = sorted(-b for b in bounds)
-    row = await pool.fetchrow(
-        """
-        WITH d AS (SELECT extract(epoch FROM completed_at - started_at)::float8 AS secs FROM process_steps)
-        SELECT (SELECT coalesce(jsonb_agg(jsonb_build_array(last_status, is_task, n)), '[]')
-                  FROM (SELECT last_status, is_task, count(*) AS n FROM processes GROUP BY 1, 2) s) AS processes,
-               (SELECT coalesce(jsonb_agg(jsonb_build_array(k, n)), '[]')
-                  FROM (SELECT width_bucket(-secs, $1::float8[]) AS k, count(*) AS n FROM d GROUP BY 1) b) AS buckets,
-               (SELECT count(*) FROM d) AS step_count,
-               (SELECT coalesce(sum(greatest(secs, 0)), 0) FROM d) AS step_seconds,
-               count(w.*) AS online, coalesce(sum(w.running), 0) AS running, coalesce(sum(w.capacity), 0) AS capacity
-          FROM workers w WHERE w.heartbeat_at > now() - make_interval(secs => $2)
-        """,
-        negated,
-        online_within,
-    )
-    assert row is not None
-    fitting = {int(k): int(n) for k, n in row["buckets"]}
-    ordered = sorted(bounds)
-    cumulative = [
-        (bound, sum(n for k, n in fitting.items() if k >= len(ordered) - i)) for i, bound in enumerate(ordered)
-    ]
-    return MetricsSnapshot(
-        processes=[(str(s), bool(t), int(n)) for s, t, n in row["processes"]],
-        step_buckets=cumulative,
-        step_count=int(row["step_count"]),
-        step_seconds=float(row["step_seconds"]),
-        workers_online=int(row["online"]),
-        running=int(row["running"]),
-        capacity=int(row["capacity"]),
-    )

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from orchestrator.dsl.forms import FormPage, page_json_schema
+from orchestrator.dsl.forms import FormPage, first_page_schema
 from orchestrator.dsl.types import ProcessStatus, State, StepStatus
 from orchestrator.outcomes import wait_for_process
 from orchestrator.runtime.orchestrator import Orchestrator
@@ -150,10 +150,12 @@ def assert_suspended(result: WorkflowResult, form: type[FormPage] | None = None)
     _assert_status(result, [ProcessStatus.SUSPENDED])
     if result.form is None:  # its workflow is no longer registered
         raise AssertionError(f"Expected a form, but {result.describe()}")
-    if form is not None and result.form != page_json_schema(form):
-        raise AssertionError(
-            f"Unexpected form. Expected {form.__name__} {_fields(page_json_schema(form))}, but {result.describe()}"
-        )
+    if form is not None:
+        expected = first_page_schema(form, result.state) or {}
+        if result.form != expected:
+            raise AssertionError(
+                f"Unexpected form. Expected {form.__name__} {_fields(expected)}, but {result.describe()}"
+            )
     return result.form
 
 

@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator, Callable, Iterable
 
 import aio_pika
 import pytest
-from celery_support import CELERY_TEST_BROKER_URL, CeleryClient
+from support.amqp import amqp_channel, delete_queues
+from support.celery_thread import CeleryClient
+from support.urls import CELERY_TEST_BROKER_URL
 
 
 @pytest.fixture
@@ -30,11 +32,8 @@ async def celery_client() -> AsyncIterator[Callable[..., CeleryClient]]:
 @pytest.fixture
 async def celery_channel() -> AsyncIterator[aio_pika.abc.AbstractChannel]:
     """A plain channel for publishing raw messages and inspecting queues."""
-    connection = await aio_pika.connect(CELERY_TEST_BROKER_URL)
-    try:
-        yield await connection.channel()
-    finally:
-        await connection.close()
+    async with amqp_channel(CELERY_TEST_BROKER_URL) as channel:
+        yield channel
 
 
 @pytest.fixture
@@ -48,12 +47,4 @@ async def celery_cleanup() -> AsyncIterator[Callable[..., None]]:
         exchange_names.extend(exchanges)
 
     yield register
-    connection = await aio_pika.connect(CELERY_TEST_BROKER_URL)
-    try:
-        channel = await connection.channel()
-        for name in dict.fromkeys(queues):
-            await channel.queue_delete(name)
-        for name in dict.fromkeys(exchange_names):
-            await channel.exchange_delete(name)
-    finally:
-        await connection.close()
+    await delete_queues(CELERY_TEST_BROKER_URL, dict.fromkeys(queues), exchanges=dict.fromkeys(exchange_names))

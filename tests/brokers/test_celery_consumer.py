@@ -22,7 +22,9 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from celery.exceptions import NotRegistered, TaskRevokedError
-from celery_support import CELERY_TEST_BROKER_URL, CeleryClient, unique, wait_for
+from support.celery_thread import CeleryClient
+from support.urls import CELERY_TEST_BROKER_URL, unique
+from support.waiting import wait_for
 
 from brokers.celery import CeleryConsumer, CeleryTask, declare_celery_queue
 
@@ -59,7 +61,7 @@ async def rig(celery_cleanup: Callable[..., None]) -> AsyncIterator[Callable[...
     consumers: list[CeleryConsumer] = []
 
     async def make(reply: Reply | None = echo, *, queue: str | None = None, **options: Any) -> Rig:
-        name = queue or unique()
+        name = queue or unique("t_celery")
         dead = unique("t_dead_celery")
         celery_cleanup(name, dead, exchanges=[name])
         holder: list[Rig] = []
@@ -194,7 +196,7 @@ async def test_queue_declared_by_the_client_first(
     rig: Callable[..., Awaitable[Rig]], celery_client: MakeClient, celery_cleanup: Callable[..., None]
 ) -> None:
     """kombu declares the queue before we do: our declaration must be equivalent (no 406) and we get the task."""
-    name = unique()
+    name = unique("t_celery")
     celery_cleanup(name, exchanges=[name])
     client = celery_client()
     await client.send("tasks.new_task", "early", "user", queue=name, ignore_result=True)
@@ -440,7 +442,7 @@ async def test_stop_requeues_held_and_cut_short_deliveries(
 async def test_declare_celery_queue_is_idempotent_and_bound_like_kombu(
     celery_channel: AbstractChannel, celery_cleanup: Callable[..., None]
 ) -> None:
-    name = unique()
+    name = unique("t_celery")
     celery_cleanup(name, exchanges=[name])
     first = await declare_celery_queue(celery_channel, name)
     again = await declare_celery_queue(celery_channel, name)
@@ -457,7 +459,7 @@ async def test_start_fails_cleanly_on_a_dramatiq_declared_queue(
     celery_channel: AbstractChannel, celery_cleanup: Callable[..., None]
 ) -> None:
     """A Dramatiq queue of the same name has dead-letter arguments: RabbitMQ refuses our declaration (406)."""
-    name = unique()
+    name = unique("t_celery")
     dead = unique("t_dead_celery")
     celery_cleanup(name, dead, exchanges=[name])
     arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{name}.XQ"}
@@ -489,7 +491,7 @@ async def test_held_eta_survives_a_reconnect(
     celery_channel: AbstractChannel, celery_cleanup: Callable[..., None]
 ) -> None:
     """The broker requeues a held delivery when the connection drops; it runs once, after the eta, not twice."""
-    name, dead, connection_name = unique(), unique("t_dead_celery"), unique("t-celery-conn")
+    name, dead, connection_name = unique("t_celery"), unique("t_dead_celery"), unique("t-celery-conn")
     celery_cleanup(name, dead, exchanges=[name])
     received: list[CeleryTask] = []
 

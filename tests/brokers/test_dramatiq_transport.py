@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import queue
 import time
 import uuid
@@ -22,7 +21,9 @@ import dramatiq
 import pytest
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.errors import ConnectionClosed
-from tcpproxy import TcpProxy
+from support.amqp import delete_queues, dramatiq_queues
+from support.tcpproxy import TcpProxy
+from support.urls import BROKER_URL, unique
 
 from brokers.dramatiq import (
     DEAD_MESSAGE_TTL_MS,
@@ -32,40 +33,20 @@ from brokers.dramatiq import (
 )
 from brokers.rabbitmq import BrokerRejectedError, BrokerUnavailableError, Publisher, QueueDeclaration
 
-RABBITMQ_URL = os.environ.get("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
 VECTORS = Path(__file__).resolve().parents[1] / "wire_vectors"  # vendored from the captures
 MESSAGE_VECTORS = sorted(VECTORS.glob("dramatiq_*.json"))
 
 
-def _unique(prefix: str = "dqtest") -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-async def amqp() -> AsyncIterator[aio_pika.abc.AbstractChannel]:
-    connection = await aio_pika.connect(RABBITMQ_URL)
-    try:
-        yield await connection.channel()
-    finally:
-        await connection.close()
-
-
 @pytest.fixture
 async def queue_name() -> AsyncIterator[str]:
-    name = _unique()
+    name = unique("dqtest")
     yield name
-    connection = await aio_pika.connect(RABBITMQ_URL)
-    try:
-        channel = await connection.channel()
-        for suffix in ("", ".DQ", ".XQ"):
-            await channel.queue_delete(name + suffix)
-    finally:
-        await connection.close()
+    await delete_queues(BROKER_URL, dramatiq_queues(name))
 
 
 @pytest.fixture
 def dramatiq_broker() -> Iterator[RabbitmqBroker]:
-    broker = RabbitmqBroker(url=RABBITMQ_URL)
+    broker = RabbitmqBroker(url=BROKER_URL)
     try:
         yield broker
     finally:
@@ -176,7 +157,7 @@ def test_queue_declarations_match_dramatiq() -> None:
 async def test_redeclare_dramatiq_first_then_ours(
     amqp: aio_pika.abc.AbstractChannel, queue_name: str, max_priority: int | None
 ) -> None:
-    broker = RabbitmqBroker(url=RABBITMQ_URL, max_priority=max_priority)
+    broker = RabbitmqBroker(url=BROKER_URL, max_priority=max_priority)
     try:
         await asyncio.to_thread(broker.declare_queue, queue_name, ensure=True)
     finally:
@@ -191,7 +172,7 @@ async def test_redeclare_ours_first_then_dramatiq(
     amqp: aio_pika.abc.AbstractChannel, queue_name: str, max_priority: int | None
 ) -> None:
     await declare_dramatiq_queues(amqp, queue_name, max_priority=max_priority)
-    broker = RabbitmqBroker(url=RABBITMQ_URL, max_priority=max_priority)
+    broker = RabbitmqBroker(url=BROKER_URL, max_priority=max_priority)
     try:
         await asyncio.to_thread(broker.declare_queue, queue_name, ensure=True)  # raises ConnectionClosed on 406
     finally:
@@ -200,14 +181,14 @@ async def test_redeclare_ours_first_then_dramatiq(
 
 async def test_mismatched_declaration_is_detected(queue_name: str) -> None:
     """Control for the two tests above: a real mismatch does give a 406, on either side."""
-    connection = await aio_pika.connect(RABBITMQ_URL)
+    connection = await aio_pika.connect(BROKER_URL)
     try:
         await declare_dramatiq_queues(await connection.channel(), queue_name, dead_message_ttl_ms=1000)
         with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed):
             await declare_dramatiq_queues(await connection.channel(), queue_name)  # new channel, same connection
     finally:
         await connection.close()
-    broker = RabbitmqBroker(url=RABBITMQ_URL)
+    broker = RabbitmqBroker(url=BROKER_URL)
     try:
         with pytest.raises(ConnectionClosed):
             await asyncio.to_thread(broker.declare_queue, queue_name, ensure=True)
@@ -216,7 +197,7 @@ async def test_mismatched_declaration_is_detected(queue_name: str) -> None:
 
 
 async def test_declarations_are_cached_per_connection(queue_name: str) -> None:
-    connection = await aio_pika.connect(RABBITMQ_URL)
+    connection = await aio_pika.connect(BROKER_URL)
     try:
         channel = await connection.channel()
         await declare_dramatiq_queues(channel, queue_name)
@@ -226,7 +207,7 @@ async def test_declarations_are_cached_per_connection(queue_name: str) -> None:
             await (await connection.channel()).get_queue(queue_name + ".XQ", ensure=True)
     finally:
         await connection.close()
-    connection = await aio_pika.connect(RABBITMQ_URL)
+    connection = await aio_pika.connect(BROKER_URL)
     try:
         await declare_dramatiq_queues(await connection.channel(), queue_name)  # new connection: declared again
         await (await connection.channel()).get_queue(queue_name + ".XQ", ensure=True)
@@ -251,7 +232,7 @@ async def test_published_message_is_consumed_by_a_real_dramatiq_worker(
     pids = [str(uuid.uuid4()) for _ in range(3)]
     bodies = [encode_message(queue_name, actor_name, [pid, "SYSTEM"]) for pid in pids]
 
-    async with Publisher(RABBITMQ_URL, declarations=queue_declarations) as publisher:
+    async with Publisher(BROKER_URL, declarations=queue_declarations) as publisher:
         await publisher.publish_batch([(queue_name, body) for body in bodies])
 
     worker = dramatiq.Worker(dramatiq_broker, worker_threads=1, worker_timeout=100)
@@ -266,7 +247,7 @@ async def test_published_message_is_consumed_by_a_real_dramatiq_worker(
 
 async def test_publisher_wire_properties(amqp: aio_pika.abc.AbstractChannel, queue_name: str) -> None:
     body = encode_message(queue_name, "actor", ["x", "SYSTEM"])
-    async with Publisher(RABBITMQ_URL, declarations=queue_declarations) as publisher:
+    async with Publisher(BROKER_URL, declarations=queue_declarations) as publisher:
         await publisher.publish_batch([(queue_name, body)])
     underlay = await amqp.get_underlay_channel()
     delivered = await underlay.basic_get(queue_name, no_ack=True)
@@ -284,7 +265,7 @@ async def test_publisher_wire_properties(amqp: aio_pika.abc.AbstractChannel, que
 
 async def test_publish_batch_confirms_many(amqp: aio_pika.abc.AbstractChannel, queue_name: str) -> None:
     messages = [(queue_name, encode_message(queue_name, "actor", [str(i), "SYSTEM"])) for i in range(1000)]
-    async with Publisher(RABBITMQ_URL, declarations=queue_declarations) as publisher:
+    async with Publisher(BROKER_URL, declarations=queue_declarations) as publisher:
         await publisher.publish_batch(messages)
         await publisher.publish_batch([])
     declared = await amqp.declare_queue(queue_name, passive=True)
@@ -292,15 +273,15 @@ async def test_publish_batch_confirms_many(amqp: aio_pika.abc.AbstractChannel, q
 
 
 async def test_unroutable_is_rejected() -> None:
-    async with Publisher(RABBITMQ_URL) as publisher:  # no declarations: the queue does not exist
+    async with Publisher(BROKER_URL) as publisher:  # no declarations: the queue does not exist
         with pytest.raises(BrokerRejectedError, match="unroutable"):
-            await publisher.publish_batch([(_unique("missing"), b"{}")])
+            await publisher.publish_batch([(unique("missing"), b"{}")])
 
 
 async def test_queue_deleted_behind_our_back_is_declared_again(
     amqp: aio_pika.abc.AbstractChannel, queue_name: str
 ) -> None:
-    async with Publisher(RABBITMQ_URL, declarations=queue_declarations) as publisher:
+    async with Publisher(BROKER_URL, declarations=queue_declarations) as publisher:
         await publisher.publish_batch([(queue_name, b"1")])
         await amqp.queue_delete(queue_name)  # the declaration cache is now stale
         await publisher.publish_batch([(queue_name, b"2")])  # returned, declared again, published again

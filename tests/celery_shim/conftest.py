@@ -15,19 +15,17 @@ import aio_pika
 import asyncpg
 import pytest
 from shim_support import (
-    BROKER_URL,
     CoreClient,
     ShimFactory,
-    delete_queues,
     make_settings,
     our_queues,
     producer_pool,
     rabbitmqctl,
     register_orchestrator_json,
-    unique,
     unregister_orchestrator_json,
-    vhost_url,
 )
+from support.amqp import delete_queues
+from support.urls import BROKER_URL, unique, vhost_url
 
 from orchestrator.celery_shim import CeleryShim
 from orchestrator.persistence import database
@@ -96,7 +94,7 @@ async def shim_factory(celery_url: str) -> AsyncIterator[ShimFactory]:
 @pytest.fixture
 async def shim_settings(database_uri: str, celery_url: str) -> AsyncIterator[AppSettings]:
     """Settings of a shim on the test's database: 4-queue layout, uuid-suffixed Dramatiq queues (deleted after)."""
-    prefix = unique()
+    prefix = unique("t_shim")
     yield make_settings(database_uri, celery_url, prefix)
     await delete_queues(BROKER_URL, our_queues(prefix))
 

@@ -1,5 +1,5 @@
 """Helpers for the Celery shim tests: an orchestrator-core-style Celery client and producer, RabbitMQ plumbing,
-scratch databases and `dramatiq orchestrator.actors` workers.
+and `dramatiq orchestrator.actors` workers (what every test directory shares is in `support`).
 
 The RabbitMQ on 127.0.0.1 is shared with other engineers' test runs: the Celery side lives in a vhost of its
 own (orchestrator-core's fixed queue names stay private to it), our Dramatiq side uses uuid-suffixed queues.
@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit
+from typing import Any
 from uuid import UUID
 
 import aio_pika
@@ -28,20 +24,18 @@ import aiormq
 import asyncpg
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
-from celery_thread import CeleryOnOneThread
 from kombu.serialization import register_json, registry
+from support.amqp import dramatiq_queues
+from support.celery_thread import CeleryOnOneThread
+from support.processes import dramatiq_command, subprocess_env
+from support.urls import BROKER_URL
+from support.waiting import wait_for
 
 from orchestrator.celery_shim import CeleryShim
 from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.settings import AppSettings, load_settings
 
-T = TypeVar("T")
-
-BROKER_URL = os.environ.get("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
-ADMIN_URI = os.environ.get("TEST_PG_ADMIN_URI", "postgresql://postgres@127.0.0.1:5432/postgres")
-TESTS_DIR = Path(__file__).resolve().parents[1]
-REPO_DIR = TESTS_DIR.parent
-VECTORS = TESTS_DIR / "wire_vectors"
+VECTORS = Path(__file__).resolve().parents[1] / "wire_vectors"
 
 ShimFactory = Callable[..., AbstractAsyncContextManager[CeleryShim]]
 
@@ -64,30 +58,11 @@ LAYOUTS: dict[str, dict[str, str]] = {
 }
 
 
-def unique(prefix: str = "t_shim") -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:12]}"
-
-
-async def wait_for(predicate: Callable[[], Awaitable[T]], timeout: float = 10.0, interval: float = 0.02) -> T:
-    """Poll `predicate` until it returns something truthy; the last value otherwise (the assertion then fails)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        await asyncio.sleep(interval)
-
-
 # --------------------------------------------------------------------------------------------------- RabbitMQ
 
 
 def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=30)
-
-
-def vhost_url(vhost: str) -> str:
-    parts = urlsplit(BROKER_URL)
-    return parts._replace(path="/" + quote(vhost, safe="")).geturl()
 
 
 async def drain(connection: AbstractConnection, queue: str) -> list[AbstractIncomingMessage]:
@@ -117,16 +92,6 @@ async def wait_messages(
 
     assert await wait_for(enough, timeout), f"{len(found)} of {count} messages on {queue}"
     return found
-
-
-async def delete_queues(url: str, names: Sequence[str]) -> None:
-    connection = await aio_pika.connect(url)
-    try:
-        channel = await connection.channel()
-        for name in names:
-            await channel.queue_delete(name)
-    finally:
-        await connection.close()
 
 
 _PLACEHOLDER = re.compile(r"11110000-?0000-?4000-?8000-?00000000000\d")
@@ -334,20 +299,7 @@ def make_settings(database_uri: str, celery_url: str, prefix: str, **overrides: 
 
 def our_queues(prefix: str) -> list[str]:
     """The Dramatiq queues `make_settings(..., prefix)` may use (with TARGET_QUEUES {"CREATE": prefix_create})."""
-    return [f"{prefix}_{name}{suffix}" for name in ("tasks", "workflows", "create") for suffix in ("", ".DQ", ".XQ")]
-
-
-@asynccontextmanager
-async def scratch_database(template: str | None = None) -> AsyncIterator[str]:
-    """A database of its own (migrated when copied from the session's template), dropped afterwards."""
-    name = f"orch_shim_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(ADMIN_URI)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
-        yield ADMIN_URI.rpartition("/")[0] + "/" + name
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    return dramatiq_queues(*(f"{prefix}_{name}" for name in ("tasks", "workflows", "create")))
 
 
 @asynccontextmanager
@@ -358,14 +310,10 @@ async def producer_pool(settings: AppSettings) -> AsyncIterator[asyncpg.Pool]:
 
 
 def worker_environment(settings: AppSettings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "EXECUTOR"))}
+    """The environment of a worker subprocess with these settings."""
     assert settings.DATABASE_URI is not None
+    env = subprocess_env(settings.DATABASE_URI)
     env.update(
-        DATABASE_URI=settings.DATABASE_URI,
-        WORKFLOW_MODULES="testflows",
-        PYTHONPATH=os.pathsep.join([str(TESTS_DIR), str(REPO_DIR)]),
-        MIGRATE_ON_START="false",
-        LOG_FORMAT="json",
         BROKER_URL=settings.BROKER_URL,
         TASKS_QUEUE=settings.TASKS_QUEUE,
         WORKFLOWS_QUEUE=settings.WORKFLOWS_QUEUE,
@@ -383,7 +331,7 @@ async def dramatiq_worker(settings: AppSettings, log_path: Path) -> AsyncIterato
     queues = [settings.TASKS_QUEUE, settings.WORKFLOWS_QUEUE, *settings.TARGET_QUEUES.values()]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "orchestrator.actors", "-p", "1", "-t", "8", "-Q", *queues],
+            dramatiq_command(*queues, processes=1, threads=8),
             env=worker_environment(settings),
             stdout=log,
             stderr=subprocess.STDOUT,

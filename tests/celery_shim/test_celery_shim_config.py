@@ -9,9 +9,7 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-from shim_support import (
-    REPO_DIR,
-)
+from support.processes import REPO_DIR
 
 from brokers.celery import CeleryTask, MessageRejected
 from orchestrator.celery_shim import check_layout, process_call

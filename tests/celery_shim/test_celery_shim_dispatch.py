@@ -14,14 +14,14 @@ import pytest
 from aio_pika.abc import AbstractConnection
 from celery.exceptions import NotRegistered
 from shim_support import (
-    BROKER_URL,
     CoreClient,
     ShimFactory,
     create_process,
     replay,
-    wait_for,
     wait_messages,
 )
+from support.urls import BROKER_URL
+from support.waiting import wait_for
 
 from orchestrator.dsl.types import Target
 from orchestrator.persistence.store import EVENTS_CHANNEL

@@ -22,25 +22,24 @@ from uuid import UUID
 import asyncpg
 import pytest
 from shim_support import (
-    BROKER_URL,
     CORE_SCHEMA,
     LAYOUTS,
-    REPO_DIR,
     CoreClient,
     ShimFactory,
     create_process,
-    delete_queues,
     dramatiq_worker,
     make_settings,
     our_queues,
     producer_pool,
     resume_process,
-    scratch_database,
     status_of,
-    unique,
     wait_status,
     worker_environment,
 )
+from support.amqp import delete_queues
+from support.database import scratch_database
+from support.processes import REPO_DIR
+from support.urls import BROKER_URL, unique
 
 from orchestrator.settings import AppSettings
 
@@ -61,10 +60,10 @@ class Stack:
 
 @pytest.fixture(scope="module")
 async def stack(template_db: str, celery_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    prefix = unique()
+    prefix = unique("t_shim")
     log = tmp_path_factory.mktemp("celery_shim") / "worker.log"
     try:
-        async with scratch_database(template_db) as dsn:
+        async with scratch_database("orch_shim", template_db) as dsn:
             settings = make_settings(dsn, celery_url, prefix, TARGET_QUEUES={"CREATE": f"{prefix}_create"})
             async with producer_pool(settings) as pool, dramatiq_worker(settings, log):
                 yield Stack(settings, pool, log)
@@ -249,8 +248,8 @@ async def test_switch_on_a_database_orchestrator_core_created(
 ) -> None:
     """The migration step of docs/celery-shim.md: `orchestrator db upgrade` on orchestrator-core's tables, with
     rows it wrote, then our worker runs what its producer sends."""
-    prefix = unique()
-    async with scratch_database() as dsn, asyncpg.create_pool(dsn, min_size=1, max_size=2) as pool:
+    prefix = unique("t_shim")
+    async with scratch_database("orch_shim") as dsn, asyncpg.create_pool(dsn, min_size=1, max_size=2) as pool:
         await pool.execute(CORE_SCHEMA)
         await pool.execute("INSERT INTO workflows (name, target, description) VALUES ('tf_simple', 'CREATE', 'Simple')")
         before = await create_process(pool, "tf_simple")  # ran under orchestrator-core before the switch

@@ -11,13 +11,14 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
-from helpers import step_rows
+from support.database import step_rows
+from support.processes import ENGINE_SCRIPT
+from support.waiting import wait_until
 
 from orchestrator import services
 from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.settings import AppSettings
 
-ENGINE_SCRIPT = Path(__file__).resolve().parent.parent / "engine_process.py"
 SLOW_STEPS = [("Start", "success"), ("Slow", "success"), ("After slow", "success"), ("Done", "complete")]
 
 
@@ -54,12 +55,6 @@ def spawn(worker_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Callable[
             proc.stdout.close()
 
 
-async def wait_for(predicate: Callable[[], object], timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        while not await predicate():  # type: ignore[misc]
-            await asyncio.sleep(0.05)
-
-
 async def status_of(orch: Orchestrator, pid: UUID) -> str:
     return str((await services.get_process(pid, orchestrator=orch))["last_status"])
 
@@ -74,7 +69,7 @@ async def kill_mid_step_and_take_over(
         rows = [await step_rows(pool, pid) for pid in pids]
         return all(r == [("Start", "success")] for r in rows)
 
-    await wait_for(all_in_slow_step, 15)
+    await wait_until(all_in_slow_step, 15)
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert {await status_of(creator, pid) for pid in pids} == {"running"}  # stranded, until the lease expires
@@ -83,7 +78,7 @@ async def kill_mid_step_and_take_over(
     async def all_completed() -> bool:
         return {await status_of(creator, pid) for pid in pids} == {"completed"}
 
-    await wait_for(all_completed, 30)
+    await wait_until(all_completed, 30)
     for pid in pids:
         assert await step_rows(pool, pid) == SLOW_STEPS  # each step logged once
 
@@ -119,7 +114,7 @@ async def test_sigterm_drains_and_the_next_start_continues(
         rows = [await step_rows(pool, pid) for pid in pids]
         return rows.count([("Start", "success")]) == 2
 
-    await wait_for(two_in_the_slow_step, 15)
+    await wait_until(two_in_the_slow_step, 15)
     first.send_signal(signal.SIGTERM)
     out, _ = first.communicate(timeout=20)
     assert first.returncode == 0, out
@@ -135,7 +130,7 @@ async def test_sigterm_drains_and_the_next_start_continues(
     async def all_completed() -> bool:
         return {await status_of(creator, pid) for pid in pids} == {"completed"}
 
-    await wait_for(all_completed, 30)
+    await wait_until(all_completed, 30)
     for pid in pids:
         assert await step_rows(pool, pid) == SLOW_STEPS
 

@@ -7,8 +7,9 @@ from uuid import UUID
 
 import pytest
 import testflows
-from helpers import step_rows, wait_status
 from pydantic_forms.exceptions import FormNotCompleteError, FormOverflowError, FormValidationError
+from support.database import step_rows
+from support.waiting import wait_status
 
 from orchestrator import services
 from orchestrator.exceptions import (

@@ -7,7 +7,8 @@ from uuid import UUID
 
 import asyncpg
 import pytest
-from helpers import step_rows, wait_status
+from support.database import step_rows
+from support.waiting import wait_status
 
 from orchestrator import services
 from orchestrator.exceptions import EngineLockedError

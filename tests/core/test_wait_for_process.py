@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
-from helpers import RUN_OUTCOMES
+from testflows import RUN_OUTCOMES
 
 from orchestrator import ProcessWaitTimeoutError, services, wait_for_process
 from orchestrator.exceptions import ProcessNotFoundError

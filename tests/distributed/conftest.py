@@ -1,20 +1,21 @@
-"""Fixtures for distributed mode: per-test queues (deleted afterwards), the API, worker subprocesses, a proxy."""
+"""Fixtures for distributed mode: per-test queues (deleted afterwards), the API, worker subprocesses (the TCP proxy
+in front of RabbitMQ is `support.tcpproxy`'s `proxy` fixture)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import pytest
 from dq_flows import REGISTRY as DQ_FLOWS
-from dq_support import BROKER_URL, DRAMATIQ, FAST, Queues, Worker
-from tcpproxy import TcpProxy
+from dq_support import FAST, Queues, Worker
+from support.amqp import delete_queues, dramatiq_queues
+from support.processes import dramatiq_command
+from support.urls import BROKER_URL, unique
 
 from orchestrator.dsl.workflow import WORKFLOWS, WorkflowRegistry, import_workflow_modules
 from orchestrator.runtime.orchestrator import Orchestrator
@@ -23,16 +24,9 @@ from orchestrator.settings import AppSettings, load_settings
 
 @pytest.fixture
 async def queues() -> AsyncIterator[Queues]:
-    q = Queues(tasks=f"t_{uuid.uuid4().hex[:10]}", workflows=f"w_{uuid.uuid4().hex[:10]}")
+    q = Queues(tasks=unique("t"), workflows=unique("w"))
     yield q
-    connection = await aio_pika.connect(BROKER_URL)
-    try:
-        channel = await connection.channel()
-        for name in q.all():
-            for suffix in ("", ".DQ", ".XQ"):
-                await channel.queue_delete(name + suffix)
-    finally:
-        await connection.close()
+    await delete_queues(BROKER_URL, dramatiq_queues(*q.all()))
 
 
 @pytest.fixture
@@ -81,9 +75,7 @@ def spawn(dq_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Work
     started: list[Worker] = []
 
     def start(*queue_names: str, processes: int = 1, threads: int = 4, **env: str) -> Worker:
-        args = [DRAMATIQ, "orchestrator.actors", "-p", str(processes), "-t", str(threads)]
-        if queue_names:
-            args += ["-Q", *queue_names]
+        args = dramatiq_command(*queue_names, processes=processes, threads=threads)
         worker = Worker(args, {**dq_env, **env}, tmp_path / f"worker-{len(started)}.log")
         started.append(worker)
         return worker
@@ -93,14 +85,6 @@ def spawn(dq_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Work
         with contextlib.suppress(ProcessLookupError):
             os.killpg(worker.proc.pid, signal.SIGKILL)  # the master and any worker process left
         worker.proc.wait(10)
-
-
-@pytest.fixture
-async def proxy() -> AsyncIterator[TcpProxy]:
-    p = TcpProxy()
-    await p.start()
-    yield p
-    await p.close()
 
 
 @pytest.fixture

@@ -3,21 +3,16 @@
 
 RabbitMQ is shared with other engineers' test runs: every test uses its own `t_<hex>`/`w_<hex>` queues (through
 TASKS_QUEUE/WORKFLOWS_QUEUE), deleted with their `.DQ`/`.XQ` afterwards. Broker outages are simulated with a TCP
-proxy in front of RabbitMQ, never by stopping it.
+proxy in front of RabbitMQ (`support.tcpproxy`), never by stopping it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import subprocess
-import sys
-import time
-import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,23 +20,13 @@ from uuid import UUID
 
 import psutil
 import pytest
+from support.urls import unique
+from support.waiting import wait_until
 
 from orchestrator.runtime.orchestrator import Orchestrator
 
-BROKER_URL = os.environ.get("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
-DRAMATIQ = str(Path(sys.executable).with_name("dramatiq"))
-
 # Short timings so that take-overs happen within seconds; the defaults are exercised by test_sigkill_default_timings.
 FAST = {"LEASE_TTL_SECONDS": "3", "SWEEP_INTERVAL_SECONDS": "0.5", "SHUTDOWN_TIMEOUT_SECONDS": "10"}
-
-
-async def wait_until(predicate: Callable[[], Awaitable[object]], timeout: float, what: str = "condition") -> None:
-    """Poll `predicate` until truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @dataclass
@@ -51,7 +36,7 @@ class Queues:
     extra: list[str] = field(default_factory=list)
 
     def new(self, prefix: str) -> str:
-        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        name = unique(prefix)
         self.extra.append(name)
         return name
 

@@ -9,7 +9,8 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
-from dq_support import Queues, statuses, wait_until
+from dq_support import Queues, statuses
+from support.waiting import wait_until
 
 from orchestrator import services
 from orchestrator.persistence.store import NewProcess

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from dq_support import Queues, Worker
-from helpers import RUN_OUTCOMES
+from testflows import RUN_OUTCOMES
 
 from orchestrator import services, wait_for_process
 from orchestrator.runtime.orchestrator import Orchestrator

@@ -14,14 +14,14 @@ from uuid import UUID
 
 import pytest
 from dq_support import (
-    DRAMATIQ,
     Queues,
     Worker,
     assert_each_step_once,
     statuses,
-    wait_until,
 )
-from tcpproxy import TcpProxy
+from support.processes import DRAMATIQ
+from support.tcpproxy import TcpProxy
+from support.waiting import wait_until
 
 from brokers.dramatiq import encode_message, queue_declarations
 from brokers.rabbitmq import Publisher

@@ -1,4 +1,5 @@
-"""HTTP fixtures: the app on the test's Orchestrator, an httpx client over ASGI, and a real uvicorn server."""
+"""HTTP fixtures: the app on the test's Orchestrator, an httpx client over ASGI, and a real uvicorn server (their
+helpers are in `support.http`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +15,10 @@ import httpx
 import pytest
 import uvicorn
 from starlette.applications import Starlette
-from starlette.types import ASGIApp
+from support.http import AppFactory, Served, asgi_client
 
-from orchestrator.dsl.types import RUN_ENDED_STATUSES
 from orchestrator.http import create_app
-from orchestrator.http.auth import Authorizer
 from orchestrator.runtime.orchestrator import Orchestrator
-
-AppFactory = Callable[..., Awaitable[Starlette]]
 
 
 @pytest.fixture
@@ -40,10 +36,6 @@ async def make_app(orch: Orchestrator) -> AsyncIterator[AppFactory]:
     yield make
     for lifespan in reversed(stack):
         await lifespan.__aexit__(None, None, None)
-
-
-def asgi_client(app: ASGIApp, **kwargs: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app, **kwargs), base_url="http://test")
 
 
 @pytest.fixture
@@ -79,42 +71,6 @@ async def serve_app() -> AsyncIterator[Callable[[Starlette], Awaitable[str]]]:
     for server, task in servers:
         server.should_exit = True
         await task
-
-
-async def wait_status(
-    client: httpx.AsyncClient, pid: str, statuses: Any = RUN_ENDED_STATUSES, timeout: float = 10.0
-) -> dict[str, Any]:
-    """Poll GET /api/processes/{pid} until its status is one of `statuses`."""
-    async with asyncio.timeout(timeout):
-        while True:
-            response = await client.get(f"/api/processes/{pid}")
-            assert response.status_code == 200, response.text
-            process: dict[str, Any] = response.json()
-            if process["last_status"] in statuses:
-                return process
-            await asyncio.sleep(0.01)
-
-
-def deny(*actions: str) -> Authorizer:
-    """An authorizer that refuses the given actions and records every question it is asked."""
-
-    async def authorizer(conn: Any, action: str, resource: str | None) -> bool:
-        asked.append((action, resource))
-        return action not in actions
-
-    asked: list[tuple[str, str | None]] = []
-    authorizer.asked = asked  # type: ignore[attr-defined]
-    return authorizer
-
-
-@dataclass
-class Served:
-    """`orchestrator serve` in a subprocess: its base URL, what it printed at startup, the process."""
-
-    url: str
-    banner: list[str]
-    proc: subprocess.Popen[str]
-    log: Path
 
 
 @pytest.fixture

@@ -6,10 +6,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from conftest import AppFactory, asgi_client
 from pydantic import SecretStr
 from starlette.requests import HTTPConnection
-from test_http_processes import problem
+from support.http import AppFactory, asgi_client, problem
 
 from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.settings import AppSettings

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import wait_status
-from test_http_processes import problem, start
+from support.http import problem, start, wait_status
 
 
 @pytest.fixture

@@ -11,10 +11,9 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from conftest import AppFactory, asgi_client, deny, wait_status
 from pydantic import SecretStr
 from starlette.applications import Starlette
-from test_http_processes import counts, problem
+from support.http import AppFactory, asgi_client, counts, deny, problem, wait_status
 from websockets.asyncio.client import ClientConnection
 
 from orchestrator.http import live

@@ -7,10 +7,10 @@ from typing import Any
 
 import httpx
 import schemathesis
-from conftest import AppFactory, asgi_client
 from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
+from support.http import AppFactory, asgi_client
 
 from orchestrator.settings import AppSettings
 

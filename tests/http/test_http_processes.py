@@ -2,51 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 import pytest
 import testflows
-from conftest import AppFactory, asgi_client, deny, wait_status
 from starlette.authentication import AuthCredentials, AuthenticationBackend, SimpleUser
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection
+from support.http import AppFactory, asgi_client, counts, deny, problem, start, wait_status
 
 from orchestrator.dsl.steps import done, init
 from orchestrator.dsl.workflow import Workflow, WorkflowRegistry, register
 from orchestrator.http import create_app
 from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.settings import AppSettings
-
-PROBLEM = "application/problem+json"
-
-
-def problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert {"type", "title", "detail"} <= body.keys()
-    return body
-
-
-async def start(
-    client: httpx.AsyncClient, key: str, pages: Any = None, headers: dict[str, str] | None = None, **params: str
-) -> str:
-    body = [{}] if pages is None else pages
-    response = await client.post(f"/api/processes/{key}", json=body, params=params, headers=headers)
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
-
-
-async def counts(orch: Orchestrator) -> tuple[int, int, int]:
-    """Rows in processes, process_steps and input_states: to check that a refused request wrote nothing."""
-    row = await orch.store.pool.fetchrow(
-        "SELECT (SELECT count(*) FROM processes), (SELECT count(*) FROM process_steps),"
-        " (SELECT count(*) FROM input_states)"
-    )
-    assert row is not None
-    return row[0], row[1], row[2]
 
 
 async def pause(client: httpx.AsyncClient, locked: bool = True) -> None:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import wait_status
 from prometheus_client.parser import text_string_to_metric_families
-from test_http_processes import problem, start
+from support.http import problem, start, wait_status
 
 from orchestrator.persistence import reads
 from orchestrator.runtime.orchestrator import Orchestrator

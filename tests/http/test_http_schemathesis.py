@@ -12,7 +12,6 @@ from collections.abc import Callable
 import pytest
 import requests
 import schemathesis
-from conftest import Served
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import (
@@ -23,6 +22,7 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from support.http import Served
 
 MAX_EXAMPLES = 25
 CHECKS = [

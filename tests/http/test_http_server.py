@@ -15,8 +15,8 @@ from typing import Any
 import asyncpg
 import httpx
 import requests
-from conftest import Served
 from starlette.applications import Starlette
+from support.http import Served
 
 
 def core_script(base: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""A real Celery client app whose blocking calls run on ONE dedicated thread (shared by the Celery test helpers).
+"""Real Celery client apps whose blocking calls run on ONE dedicated thread (the broker tests' `CeleryClient`, and
+the base of the Celery shim tests' orchestrator-core client).
 
 The rpc reply queue belongs to the thread that sends and `get()`s, so both happen on that thread, and the
 thread-local result consumer is closed there too (otherwise its socket leaks into a ResourceWarning).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -39,3 +41,29 @@ class CeleryOnOneThread:
             await self.run(close)
         finally:
             self._executor.shutdown(wait=True)
+
+
+class CeleryClient(CeleryOnOneThread):
+    """A real Celery 5.7 client (rpc:// results) whose blocking calls run on ONE dedicated thread."""
+
+    def __init__(self, url: str, *, protocol: int = 2) -> None:
+        from celery import Celery  # tests only: the product never imports celery
+
+        super().__init__(
+            Celery(f"client-{uuid.uuid4().hex[:8]}", broker=url, backend="rpc://", set_as_current=False),
+            "celery-client",
+        )
+        self.app.conf.update(task_protocol=protocol, result_expires=60, broker_connection_retry=False)
+
+    async def send(self, name: str, *args: Any, **options: Any) -> str:
+        """`send_task` without waiting for the result; returns the task id."""
+        result = await self.run(self.app.send_task, name, args=args, **options)
+        return str(result.id)
+
+    async def call(self, name: str, *args: Any, timeout: float = 10.0, **options: Any) -> Any:
+        """`send_task(...).get(timeout)` in the client thread: returns the result or raises what `get()` raises."""
+
+        def call() -> Any:
+            return self.app.send_task(name, args=args, **options).get(timeout=timeout)
+
+        return await self.run(call)

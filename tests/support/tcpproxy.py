@@ -1,12 +1,17 @@
-"""A TCP proxy in front of RabbitMQ, for outage tests (asyncpg-style adversity without touching the shared server)."""
+"""A TCP proxy in front of RabbitMQ, for outage tests (asyncpg-style adversity without touching the shared server).
+
+A pytest plugin (tests/conftest.py lists it in `pytest_plugins`): the `proxy` fixture is a started one.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import os
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
-BROKER_URL = os.environ.get("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
+import pytest
+
+from support.urls import BROKER_URL
 
 
 class TcpProxy:
@@ -75,3 +80,11 @@ class TcpProxy:
             pass
         finally:
             writer.transport.abort()
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[TcpProxy]:
+    p = TcpProxy()
+    await p.start()
+    yield p
+    await p.close()

@@ -1,0 +1,135 @@
+"""Aggregates for monitoring: processes by status, workers and their load (from heartbeats and leases, never from
+the broker), step durations. Each is one statement, so that every API instance reports the same numbers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from orchestrator.dsl.types import ProcessStatus
+
+
+async def status_counts(pool: asyncpg.Pool) -> list[tuple[bool, str, int]]:
+    """(is_task, status, count) for every status that occurs."""
+    rows = await pool.fetch("SELECT is_task, last_status, count(*) AS n FROM processes GROUP BY is_task, last_status")
+    return [(bool(r["is_task"]), str(r["last_status"]), int(r["n"])) for r in rows]
+
+
+@dataclass(frozen=True)
+class WorkerCounts:
+    online: int
+    """Workers with a heartbeat within `online_within` seconds."""
+    queued: int
+    """Processes waiting for a runner (created or resumed)."""
+    running: int
+    """Processes running under a live lease."""
+
+
+async def worker_counts(pool: asyncpg.Pool, online_within: float) -> WorkerCounts:
+    row = await pool.fetchrow(
+        """
+        SELECT (SELECT count(*) FROM workers WHERE heartbeat_at > now() - make_interval(secs => $1)) AS online,
+               (SELECT count(*) FROM processes WHERE last_status IN ('created', 'resumed')) AS queued,
+               (SELECT count(*) FROM processes WHERE last_status = 'running' AND lease_expires_at > now()) AS running
+        """,
+        online_within,
+    )
+    assert row is not None
+    return WorkerCounts(int(row["online"]), int(row["queued"]), int(row["running"]))
+
+
+@dataclass(frozen=True)
+class QueueWorkers:
+    queue: str
+    online: int
+    capacity: int
+
+
+async def queue_workers(pool: asyncpg.Pool, online_within: float) -> list[QueueWorkers]:
+    """Per queue some worker consumes: the workers online and the processes they can run at once."""
+    rows = await pool.fetch(
+        """SELECT q AS queue, count(*) AS online, sum(capacity) AS capacity
+             FROM workers, unnest(queues) AS q
+            WHERE heartbeat_at > now() - make_interval(secs => $1) GROUP BY q""",
+        online_within,
+    )
+    return [QueueWorkers(str(r["queue"]), int(r["online"]), int(r["capacity"] or 0)) for r in rows]
+
+
+@dataclass(frozen=True)
+class ProcessLoad:
+    is_task: bool
+    target: str
+    running: bool
+    """Running under a live lease; otherwise waiting for a runner (created or resumed)."""
+    count: int
+
+
+async def process_load(pool: asyncpg.Pool) -> list[ProcessLoad]:
+    """Processes waiting for or held by a runner, by kind and workflow target (what picks their queue)."""
+    rows = await pool.fetch(
+        """SELECT p.is_task, w.target, p.last_status = 'running' AS running, count(*) AS n
+             FROM processes p JOIN workflows w ON w.workflow_id = p.workflow_id
+            WHERE p.last_status IN ('created', 'resumed') OR (p.last_status = 'running' AND p.lease_expires_at > now())
+            GROUP BY 1, 2, 3"""
+    )
+    return [ProcessLoad(bool(r["is_task"]), str(r["target"]), bool(r["running"]), int(r["n"])) for r in rows]
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    processes: list[tuple[str, bool, int]]
+    """(status, is_task, count) for every status that occurs."""
+    step_buckets: list[tuple[float, int]]
+    """Cumulative (upper bound, steps that took at most that long), one per bound."""
+    step_count: int
+    step_seconds: float
+    workers_online: int
+    running: int
+    capacity: int
+
+    @property
+    def queue_depth(self) -> int:
+        waiting = (ProcessStatus.CREATED, ProcessStatus.RESUMED)
+        return sum(n for status, _, n in self.processes if status in waiting)
+
+
+async def metrics_snapshot(pool: asyncpg.Pool, bounds: Sequence[float], online_within: float) -> MetricsSnapshot:
+    """Aggregates for /metrics, one round trip.
+
+    Step durations are bucketed with `width_bucket` over the negated bounds: bucket k then counts the steps that
+    fit under exactly k bounds, which gives Prometheus' inclusive `le` counts without one scan per bound.
+    """
+    negated = sorted(-b for b in bounds)
+    row = await pool.fetchrow(
+        """
+        WITH d AS (SELECT extract(epoch FROM completed_at - started_at)::float8 AS secs FROM process_steps)
+        SELECT (SELECT coalesce(jsonb_agg(jsonb_build_array(last_status, is_task, n)), '[]')
+                  FROM (SELECT last_status, is_task, count(*) AS n FROM processes GROUP BY 1, 2) s) AS processes,
+               (SELECT coalesce(jsonb_agg(jsonb_build_array(k, n)), '[]')
+                  FROM (SELECT width_bucket(-secs, $1::float8[]) AS k, count(*) AS n FROM d GROUP BY 1) b) AS buckets,
+               (SELECT count(*) FROM d) AS step_count,
+               (SELECT coalesce(sum(greatest(secs, 0)), 0) FROM d) AS step_seconds,
+               count(w.*) AS online, coalesce(sum(w.running), 0) AS running, coalesce(sum(w.capacity), 0) AS capacity
+          FROM workers w WHERE w.heartbeat_at > now() - make_interval(secs => $2)
+        """,
+        negated,
+        online_within,
+    )
+    assert row is not None
+    fitting = {int(k): int(n) for k, n in row["buckets"]}
+    ordered = sorted(bounds)
+    cumulative = [
+        (bound, sum(n for k, n in fitting.items() if k >= len(ordered) - i)) for i, bound in enumerate(ordered)
+    ]
+    return MetricsSnapshot(
+        processes=[(str(s), bool(t), int(n)) for s, t, n in row["processes"]],
+        step_buckets=cumulative,
+        step_count=int(row["step_count"]),
+        step_seconds=float(row["step_seconds"]),
+        workers_online=int(row["online"]),
+        running=int(row["running"]),
+        capacity=int(row["capacity"]),
+    )

@@ -1,0 +1,80 @@
+"""The Python API for programs and for the HTTP layer: start, resume, abort and read processes.
+
+Every function takes the `Orchestrator` to act on as `orchestrator=`; without it, the open one is used. The
+types its functions take and raise are re-exported here, so that a caller needs no lower layer.
+"""
+
+from orchestrator.persistence.errors import ValueRefusedError
+from orchestrator.persistence.reads import PROCESS_FIELDS, Condition, Kind, Order, QueryError
+from orchestrator.persistence.stats import MetricsSnapshot
+from orchestrator.runtime.orchestrator import Orchestrator
+from orchestrator.services.callbacks import continue_with_callback, report_callback_progress
+from orchestrator.services.engine import (
+    ENGINE_PAUSED,
+    ENGINE_PAUSING,
+    ENGINE_RUNNING,
+    engine_status,
+    resume_all,
+    set_engine_lock,
+)
+from orchestrator.services.monitoring import (
+    database_answers,
+    ensure_database_reachable,
+    metrics_snapshot,
+    queue_status,
+    worker_status,
+)
+from orchestrator.services.processes import (
+    ResumeAction,
+    abort_process,
+    delete_process,
+    resume_action,
+    resume_process,
+    set_note,
+    start_process,
+)
+from orchestrator.services.reads import (
+    get_process,
+    get_workflow,
+    list_processes,
+    list_workflows,
+    process_summary,
+    status_counts,
+)
+
+__all__ = [
+    "ENGINE_PAUSED",
+    "ENGINE_PAUSING",
+    "ENGINE_RUNNING",
+    "PROCESS_FIELDS",
+    "Condition",
+    "Kind",
+    "MetricsSnapshot",
+    "Orchestrator",
+    "Order",
+    "QueryError",
+    "ResumeAction",
+    "ValueRefusedError",
+    "abort_process",
+    "continue_with_callback",
+    "database_answers",
+    "delete_process",
+    "engine_status",
+    "ensure_database_reachable",
+    "get_process",
+    "get_workflow",
+    "list_processes",
+    "list_workflows",
+    "metrics_snapshot",
+    "process_summary",
+    "queue_status",
+    "report_callback_progress",
+    "resume_action",
+    "resume_all",
+    "resume_process",
+    "set_engine_lock",
+    "set_note",
+    "start_process",
+    "status_counts",
+    "worker_status",
+]
