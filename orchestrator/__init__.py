@@ -2,8 +2,9 @@
 
 Port a workflow module written for orchestrator-core by changing its imports to this package.
 
-The DSL names are imported eagerly; the runtime and the Python API (`Orchestrator`, `start_process`, ...) on
-first use, so that a module of workflow definitions imports neither a database driver nor a broker client.
+The DSL names are imported eagerly; the runtime and the Python API (`Orchestrator`, `start_process`,
+`wait_for_process`, ...) on first use, so that a module of workflow definitions imports neither a database
+driver nor a broker client.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from orchestrator.dsl.workflow import RunPredicateFail, RunPredicatePass, Workfl
 from orchestrator.settings import AppSettings
 
 if TYPE_CHECKING:
+    from orchestrator.exceptions import ProcessWaitTimeoutError
+    from orchestrator.outcomes import wait_for_process
     from orchestrator.runtime.orchestrator import Orchestrator
     from orchestrator.services import (
         abort_process,
@@ -44,11 +47,13 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "Orchestrator": "orchestrator.runtime.orchestrator",
+    "ProcessWaitTimeoutError": "orchestrator.exceptions",
     "abort_process": "orchestrator.services",
     "delete_process": "orchestrator.services",
     "get_process": "orchestrator.services",
     "resume_process": "orchestrator.services",
     "start_process": "orchestrator.services",
+    "wait_for_process": "orchestrator.outcomes",
 }
 
 
@@ -67,6 +72,7 @@ __all__ = [
     "FormPage",
     "Orchestrator",
     "ProcessStatus",
+    "ProcessWaitTimeoutError",
     "RunPredicateFail",
     "RunPredicatePass",
     "State",
@@ -91,5 +97,6 @@ __all__ = [
     "start_process",
     "step",
     "step_group",
+    "wait_for_process",
     "workflow",
 ]
