@@ -35,7 +35,6 @@ from orchestrator.settings import AppSettings
 
 if TYPE_CHECKING:
     from orchestrator.exceptions import ProcessWaitTimeoutError
-    from orchestrator.outcomes import wait_for_process
     from orchestrator.runtime.orchestrator import Orchestrator
     from orchestrator.services import (
         abort_process,
@@ -43,6 +42,7 @@ if TYPE_CHECKING:
         get_process,
         resume_process,
         start_process,
+        wait_for_process,
     )
 
 _LAZY = {
@@ -53,7 +53,7 @@ _LAZY = {
     "get_process": "orchestrator.services",
     "resume_process": "orchestrator.services",
     "start_process": "orchestrator.services",
-    "wait_for_process": "orchestrator.outcomes",
+    "wait_for_process": "orchestrator.services",
 }
 
 

@@ -23,9 +23,8 @@ from uuid import UUID
 
 from orchestrator.dsl.forms import FormPage, first_page_schema
 from orchestrator.dsl.types import ProcessStatus, State, StepStatus
-from orchestrator.outcomes import wait_for_process
 from orchestrator.runtime.orchestrator import Orchestrator
-from orchestrator.services import resume_process, start_process
+from orchestrator.services import resume_process, start_process, wait_for_process
 
 TEST_USER = "john.doe"
 """The user runs and resumes are made as (orchestrator-core's tests use the same)."""

@@ -13,9 +13,8 @@ from uuid import UUID
 
 from orchestrator.dsl.types import RUN_ENDED_STATUSES, ProcessStatus
 from orchestrator.exceptions import ProcessNotFoundError, ProcessWaitTimeoutError
-from orchestrator.persistence.reads import process_summary
 from orchestrator.runtime.orchestrator import Orchestrator, current
-from orchestrator.services import get_process
+from orchestrator.services.reads import get_process, process_summary
 
 
 async def wait_for_process(
@@ -42,7 +41,7 @@ async def wait_for_process(
             while status not in wanted:
                 await changed.wait()
                 changed.clear()
-                summary = await process_summary(orch.store.pool, process_id)
+                summary = await process_summary(process_id, orchestrator=orch)
                 if summary is None:
                     raise ProcessNotFoundError(process_id)
                 status = summary["last_status"]
