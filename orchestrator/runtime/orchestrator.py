@@ -103,10 +103,16 @@ class Orchestrator:
         self._engine = Engine(self._store, self.registry, max_threads=s.MAX_WORKERS, lease_ttl=s.LEASE_TTL_SECONDS)
         self._executor = self._make_executor()
         await self._executor.open()
+        in_process = s.EXECUTOR is ExecutorType.THREADPOOL
         self.sweeper = Sweeper(
-            self._store, self._executor, interval=s.SWEEP_INTERVAL_SECONDS, redispatch_after=s.REDISPATCH_AFTER_SECONDS
+            self._store,
+            self._executor,
+            interval=s.SWEEP_INTERVAL_SECONDS,
+            redispatch_after=s.REDISPATCH_AFTER_SECONDS,
+            # Runs here only what this program can run; a worker fails an unknown workflow's process instead.
+            workflow_ids=list(self.workflow_ids.values()) if in_process else None,
         )
-        if self.run_processes and s.EXECUTOR is ExecutorType.THREADPOOL:
+        if self.run_processes and in_process:
             # Queued and interrupted processes of an earlier run of this program continue now.
             await self.sweeper.dispatch_undispatched(older_than=0)
         if self.run_processes or s.EXECUTOR is ExecutorType.DRAMATIQ:
