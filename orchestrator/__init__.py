@@ -2,8 +2,9 @@
 
 Port a workflow module written for orchestrator-core by changing its imports to this package.
 
-The DSL names are imported eagerly; the runtime and the Python API (`Orchestrator`, `start_process`, ...) on
-first use, so that a module of workflow definitions imports neither a database driver nor a broker client.
+The DSL names are imported eagerly; the runtime and the Python API (`Orchestrator`, `start_process`,
+`wait_for_process`, ...) on first use, so that a module of workflow definitions imports neither a database
+driver nor a broker client.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from orchestrator.dsl.workflow import RunPredicateFail, RunPredicatePass, Workfl
 from orchestrator.settings import AppSettings
 
 if TYPE_CHECKING:
+    from orchestrator.exceptions import ProcessWaitTimeoutError
     from orchestrator.runtime.orchestrator import Orchestrator
     from orchestrator.services import (
         abort_process,
@@ -41,15 +43,18 @@ if TYPE_CHECKING:
         get_process,
         resume_process,
         start_process,
+        wait_for_process,
     )
 
 _LAZY = {
     "Orchestrator": "orchestrator.runtime.orchestrator",
+    "ProcessWaitTimeoutError": "orchestrator.exceptions",
     "abort_process": "orchestrator.services",
     "delete_process": "orchestrator.services",
     "get_process": "orchestrator.services",
     "resume_process": "orchestrator.services",
     "start_process": "orchestrator.services",
+    "wait_for_process": "orchestrator.services",
 }
 
 
@@ -68,6 +73,7 @@ __all__ = [
     "FormPage",
     "Orchestrator",
     "ProcessStatus",
+    "ProcessWaitTimeoutError",
     "RunPredicateFail",
     "RunPredicatePass",
     "State",
@@ -94,5 +100,6 @@ __all__ = [
     "start_process",
     "step",
     "step_group",
+    "wait_for_process",
     "workflow",
 ]

@@ -9,6 +9,7 @@
     ├── StartPredicateError       the workflow's run predicate refused the start
     ├── ProcessStatusError        the process is not in a status that allows the action
     │   └── ClaimLostError        a runner lost its claim on a process (another runner owns it now)
+    ├── ProcessWaitTimeoutError   `wait_for_process` gave up; the process goes on (also a TimeoutError)
     ├── NotAuthorizedError        the authorizer refused the action
     ├── InvalidWorkflowError      a workflow definition is malformed
     ├── ActionNotAllowedError     the action is not allowed for this process (delete a non-task)
@@ -74,6 +75,17 @@ class ProcessStatusError(OrchestratorError):
 
 class ClaimLostError(ProcessStatusError):
     """The runner's claim on the process is gone (lease expired and taken over, or the process was aborted)."""
+
+
+class ProcessWaitTimeoutError(OrchestratorError, TimeoutError):
+    """`wait_for_process` timed out; the process itself is left alone. `status` is the last one seen (or None)."""
+
+    def __init__(self, process_id: object, status: str | None, timeout: float) -> None:
+        seen = f"it is {status}" if status is not None else "its status could not be read"
+        super().__init__(f"Process {process_id} did not reach the awaited status within {timeout:g}s; {seen}")
+        self.process_id = process_id
+        self.status = status
+        self.timeout = timeout
 
 
 class NotAuthorizedError(OrchestratorError):

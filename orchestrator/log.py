@@ -10,7 +10,7 @@ import sys
 
 import structlog
 
-from orchestrator.settings import LogFormat
+from orchestrator.settings import AppSettings, LogFormat
 
 
 def configure(log_format: LogFormat = LogFormat.CONSOLE, level: str = "INFO") -> None:
@@ -45,3 +45,12 @@ def configure(log_format: LogFormat = LogFormat.CONSOLE, level: str = "INFO") ->
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.INFO) if numeric < logging.INFO else numeric)
+
+
+def configure_unless_configured(settings: AppSettings) -> bool:
+    """Configure from LOG_FORMAT/LOG_LEVEL, as the CLI does, unless the program has set up logging itself
+    (structlog configured, or handlers on the root logger): then its choice stands. True if configured here."""
+    if structlog.is_configured() or logging.getLogger().handlers:
+        return False
+    configure(settings.LOG_FORMAT, settings.LOG_LEVEL)
+    return True

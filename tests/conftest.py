@@ -9,7 +9,7 @@ tests (and several test runs at once) never see each other's rows. Helpers and t
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -18,11 +18,15 @@ import pytest
 from orchestrator.persistence import migrations
 from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.settings import AppSettings, load_settings
+from orchestrator.testing.fixtures import clean_orchestrator, migrated_database
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `support` and `testflows` (test workflows) import here
 
 from support.database import scratch_database
 from support.processes import subprocess_env
+from support.urls import ADMIN_URI
+
+__all__ = ["clean_orchestrator"]  # `orchestrator.testing`'s fixture, as users' suites get it
 
 pytest_plugins = ["support.amqp", "support.tcpproxy"]
 
@@ -42,6 +46,13 @@ async def template_db() -> AsyncIterator[str]:
 async def database_uri(template_db: str) -> AsyncIterator[str]:
     """A fresh, migrated database for this test."""
     async with scratch_database("orch_test", template=template_db) as uri:
+        yield uri
+
+
+@pytest.fixture(scope="session")
+def orchestrator_test_database() -> Iterator[str]:
+    """The session database of `clean_orchestrator`, on the test server whatever DATABASE_URI says."""
+    with migrated_database(ADMIN_URI) as uri:
         yield uri
 
 

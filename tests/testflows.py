@@ -315,3 +315,16 @@ def tf_nul() -> StepList:
 @workflow("Callback with a timeout")
 def tf_callback_timeout() -> StepList:
     return init >> callback_step("Callback", call_external, validate_callback, timeout=0.2) >> done
+
+
+RUN_OUTCOMES = [
+    ("tf_simple", None, "completed"),
+    ("tf_input", [{"size": 3}], "suspended"),
+    ("tf_retry", None, "waiting"),
+    ("tf_callback", None, "awaiting_callback"),
+    ("tf_fail", None, "failed"),
+    ("tf_task_api", None, "api_unavailable"),
+    ("tf_task_assert", None, "inconsistent_data"),
+    ("tf_abort", None, "aborted"),
+]
+"""(workflow, initial input, the status its first run ends in), for every status that ends a run."""

@@ -6,6 +6,7 @@ Any number of sweepers may run them at once: each skips the rows another one hol
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from uuid import UUID
 
 from orchestrator.persistence.records import ProcessRef
@@ -15,7 +16,7 @@ from orchestrator.persistence.transaction import Transaction
 _TAKE_OVER_EXPIRED = """
 WITH x AS (
     SELECT pid FROM processes
-     WHERE last_status = 'running' AND lease_expires_at < now()
+     WHERE last_status = 'running' AND lease_expires_at < now() AND ($2::uuid[] IS NULL OR workflow_id = ANY($2))
      ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED
 ), p AS (
     UPDATE processes p
@@ -54,6 +55,7 @@ WITH x AS (
     SELECT pid FROM processes
      WHERE last_status IN ('created', 'resumed') AND last_modified_at <= now() - make_interval(secs => $1)
        AND NOT coalesce((SELECT bool_or(global_lock) FROM engine_settings), false)
+       AND ($3::uuid[] IS NULL OR workflow_id = ANY($3))
      ORDER BY last_modified_at LIMIT $2 FOR UPDATE SKIP LOCKED
 ), p AS (
     UPDATE processes p SET last_modified_at = now() FROM x WHERE p.pid = x.pid
@@ -64,16 +66,22 @@ SELECT p.pid, p.is_task, p.run_by, p.last_status, w.target FROM p JOIN workflows
 
 
 class RecoveryStatements(Statements):
-    async def take_over_expired(self, tx: Transaction, limit: int = 500) -> list[ProcessRef]:
-        """Processes whose runner stopped renewing its lease: fence it out and mark them `resumed`."""
-        rows = await tx.conn.fetch(_TAKE_OVER_EXPIRED, limit)
+    async def take_over_expired(
+        self, tx: Transaction, limit: int = 500, *, workflow_ids: Sequence[UUID] | None = None
+    ) -> list[ProcessRef]:
+        """Processes whose runner stopped renewing its lease: fence it out and mark them `resumed`. With
+        `workflow_ids`, only processes of those workflows."""
+        rows = await tx.conn.fetch(_TAKE_OVER_EXPIRED, limit, workflow_ids)
         for r in rows:
             self._announce(tx, r["pid"], "resumed")
         return [ProcessRef(r["pid"], r["is_task"], r["target"], r["run_by"]) for r in rows]
 
-    async def undispatched(self, tx: Transaction, older_than: float, limit: int = 1000) -> list[tuple[ProcessRef, str]]:
-        """Processes left `created`/`resumed` for `older_than` seconds (a lost dispatch), with their status."""
-        rows = await tx.conn.fetch(_UNDISPATCHED, older_than, limit)
+    async def undispatched(
+        self, tx: Transaction, older_than: float, limit: int = 1000, *, workflow_ids: Sequence[UUID] | None = None
+    ) -> list[tuple[ProcessRef, str]]:
+        """Processes left `created`/`resumed` for `older_than` seconds (a lost dispatch), with their status. With
+        `workflow_ids`, only processes of those workflows."""
+        rows = await tx.conn.fetch(_UNDISPATCHED, older_than, limit, workflow_ids)
         return [(ProcessRef(r["pid"], r["is_task"], r["target"], r["run_by"]), r["last_status"]) for r in rows]
 
     async def fail_timed_out_callbacks(self) -> list[UUID]:

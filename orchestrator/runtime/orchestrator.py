@@ -12,8 +12,10 @@ from uuid import UUID
 
 import structlog
 
+from orchestrator import log
 from orchestrator.dsl.workflow import WORKFLOWS, WorkflowRegistry, import_workflow_modules
 from orchestrator.persistence import database, migrations
+from orchestrator.persistence.process_watch import ProcessWatch
 from orchestrator.persistence.records import Lease
 from orchestrator.persistence.store import Store
 from orchestrator.runtime.engine import Engine
@@ -49,6 +51,7 @@ class Orchestrator:
         self._store: Store | None = None
         self._executor: Executor | None = None
         self._engine: Engine | None = None
+        self._process_watch: ProcessWatch | None = None
         self.location: database.DatabaseLocation | None = None
         self.workflow_ids: dict[str, UUID] = {}
         self._sweeper_task: asyncio.Task[None] | None = None
@@ -72,9 +75,17 @@ class Orchestrator:
             raise RuntimeError("Orchestrator is not open")
         return self._engine
 
+    @property
+    def process_watch(self) -> ProcessWatch:
+        """Wake-ups on process changes made by any program on this database (`wait_for_process`)."""
+        if self._process_watch is None:
+            raise RuntimeError("Orchestrator is not open")
+        return self._process_watch
+
     async def open(self) -> Self:
         global _current
         s = self.settings
+        log.configure_unless_configured(s)
         self.location = await asyncio.to_thread(database.locate, s.DATABASE_URI, s.EMBEDDED_DATA_DIR)
         logger.info("database", where=self.location.describe())
         self._pool = await database.create_pool(
@@ -84,6 +95,7 @@ class Orchestrator:
             async with self._pool.acquire() as conn:
                 await migrations.upgrade(conn)
         self._store = Store(self._pool)
+        self._process_watch = ProcessWatch(self.location.dsn)
         import_workflow_modules(s.WORKFLOW_MODULES)
         self.workflow_ids = await self._store.upsert_workflows(
             [(wf.name, wf.target.value, wf.description, wf.is_task) for wf in self.registry.values()]
@@ -97,10 +109,16 @@ class Orchestrator:
         )
         self._executor = self._make_executor()
         await self._executor.open()
+        in_process = s.EXECUTOR is ExecutorType.THREADPOOL
         self.sweeper = Sweeper(
-            self._store, self._executor, interval=s.SWEEP_INTERVAL_SECONDS, redispatch_after=s.REDISPATCH_AFTER_SECONDS
+            self._store,
+            self._executor,
+            interval=s.SWEEP_INTERVAL_SECONDS,
+            redispatch_after=s.REDISPATCH_AFTER_SECONDS,
+            # Runs here only what this program can run; a worker fails an unknown workflow's process instead.
+            workflow_ids=list(self.workflow_ids.values()) if in_process else None,
         )
-        if self.run_processes and s.EXECUTOR is ExecutorType.THREADPOOL:
+        if self.run_processes and in_process:
             # Queued and interrupted processes of an earlier run of this program continue now.
             await self.sweeper.dispatch_undispatched(older_than=0)
         if self.run_processes or s.EXECUTOR is ExecutorType.DRAMATIQ:
@@ -130,6 +148,8 @@ class Orchestrator:
                 await self._sweeper_task
         if self._executor is not None:
             await self._executor.close()
+        if self._process_watch is not None:
+            await self._process_watch.close()
         if self._store is not None:
             await self._store.events.close()
         if self._pool is not None:

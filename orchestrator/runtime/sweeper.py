@@ -9,6 +9,8 @@ comes back.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from uuid import UUID
 
 import structlog
 
@@ -19,15 +21,27 @@ logger = structlog.get_logger(__name__)
 
 
 class Sweeper:
-    def __init__(self, store: Store, executor: Executor, *, interval: float, redispatch_after: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        executor: Executor,
+        *,
+        interval: float,
+        redispatch_after: float,
+        workflow_ids: Sequence[UUID] | None = None,
+    ) -> None:
+        """`workflow_ids`: dispatch and take over only processes of these workflows. A program that runs processes
+        itself passes the workflows it has loaded: one of another workflow would only fail here as unknown, while
+        a program that loads it (another replica, after a deploy) can run it."""
         self.store = store
         self.executor = executor
         self.interval = interval
         self.redispatch_after = redispatch_after
+        self.workflow_ids = workflow_ids
 
     async def take_over_expired(self) -> int:
         async with self.store.transaction() as tx:
-            refs = await self.store.take_over_expired(tx)
+            refs = await self.store.take_over_expired(tx, workflow_ids=self.workflow_ids)
             for ref in refs:
                 logger.warning("runner lost its lease; process dispatched again", process_id=str(ref.pid))
                 await self.executor.resume(tx, ref)
@@ -37,7 +51,7 @@ class Sweeper:
         """Dispatch processes left `created`/`resumed` longer than `older_than` (default REDISPATCH_AFTER)."""
         after = self.redispatch_after if older_than is None else older_than
         async with self.store.transaction() as tx:
-            found = await self.store.undispatched(tx, after)
+            found = await self.store.undispatched(tx, after, workflow_ids=self.workflow_ids)
             for ref, status in found:
                 if status == "created":
                     await self.executor.start(tx, ref)

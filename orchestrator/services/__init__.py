@@ -24,6 +24,7 @@ from orchestrator.services.monitoring import (
     queue_status,
     worker_status,
 )
+from orchestrator.services.outcomes import wait_for_process
 from orchestrator.services.processes import (
     ResumeAction,
     abort_process,
@@ -76,5 +77,6 @@ __all__ = [
     "set_note",
     "start_process",
     "status_counts",
+    "wait_for_process",
     "worker_status",
 ]

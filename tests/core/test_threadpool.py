@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from uuid import UUID
 
@@ -77,3 +78,34 @@ async def test_a_start_whose_insert_fails_gives_its_slot_back(one_slot: Orchestr
         await services.start_process("tf_simple", [{}], user="a\x00b", orchestrator=one_slot)
     pid = await services.start_process("tf_simple", [{}], orchestrator=one_slot)
     assert await lease_of(one_slot, pid) == ("running", owner_of(one_slot), 1)
+
+
+async def test_processes_of_workflows_not_loaded_are_left_for_a_program_that_loads_them(
+    settings: AppSettings, database_uri: str
+) -> None:
+    """A program started without a workflow's module neither runs nor fails that workflow's waiting processes."""
+    conn = await asyncpg.connect(database_uri)
+    try:
+        workflow_id = await conn.fetchval(
+            "INSERT INTO workflows (name, target, description) VALUES ('elsewhere', 'SYSTEM', '') RETURNING workflow_id"
+        )
+        statuses = {uuid.uuid4(): status for status in ("created", "resumed", "running")}
+        for pid, status in statuses.items():  # the running one's runner died an hour ago
+            await conn.execute(
+                "INSERT INTO processes (pid, workflow_id, last_status, created_by, is_task, assignee, last_modified_at,"
+                " lease_owner, lease_expires_at) VALUES ($1, $2, $3, 'u', false, 'SYSTEM', now() - interval '1 hour',"
+                " 'gone', now() - interval '1 hour')",
+                pid,
+                workflow_id,
+                status,
+            )
+        async with Orchestrator(settings) as orch:  # its start-up dispatches what waits, of its own workflows
+            assert await orch.sweeper.dispatch_undispatched(older_than=0) == 0
+            assert await orch.sweeper.take_over_expired() == 0
+            executor = orch.executor
+            assert isinstance(executor, InProcessExecutor)
+            assert (executor.queued, executor.running) == (0, 0)
+        rows = await conn.fetch("SELECT pid, last_status FROM processes WHERE workflow_id = $1", workflow_id)
+        assert {r["pid"]: r["last_status"] for r in rows} == statuses
+    finally:
+        await conn.close()
