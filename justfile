@@ -26,6 +26,6 @@ lint: setup
     {{venv}}/bin/mypy
     {{venv}}/bin/lint-imports
 
-# Benchmarks: see `orchestrator bench --help`.
+# Benchmarks (a dev tool, not in the wheel): see `just bench --help`.
 bench *args: setup
-    {{venv}}/bin/orchestrator bench {{args}}
+    {{venv}}/bin/python -m bench {{args}}

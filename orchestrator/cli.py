@@ -4,7 +4,6 @@
     orchestrator run [WORKFLOW] [--input JSON] [--resume JSON ...]   run one process end to end and print it
     orchestrator db upgrade | db status                              migrations
     orchestrator celery-shim                                         translate Celery messages to our workers
-    orchestrator bench [...]                                         benchmarks
 
 A user error (a bad setting, argument or form input, an unknown database, role, workflow or workflow module, an
 unreachable server) prints one line naming it and the fix, and exits with status 2; `--debug` (or LOG_LEVEL=DEBUG)
@@ -177,21 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
         db_sub.add_parser(action, help=text, parents=[common], epilog=_settings_epilog("db"))
 
     command("celery-shim", "consume orchestrator-core's Celery messages and dispatch them to our workers")
-
-    bench = sub.add_parser("bench", help="run the benchmarks (see `orchestrator bench --help`)", add_help=False)
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # argparse's REMAINDER drops or reorders options that start with "-" (`bench -n 5`): the bench parses its own.
-    bench_args = argv[1:] if argv[:1] == ["bench"] else None
-    args = parser.parse_args(argv[:1] if bench_args is not None else argv)
-    if bench_args is not None:
-        args.bench_args = bench_args
-    debug: bool = getattr(args, "debug", False)
+    args = build_parser().parse_args(argv)
+    debug: bool = args.debug
     from orchestrator import log
     from orchestrator.settings import load_settings
 
@@ -254,14 +244,6 @@ def _dispatch(args: argparse.Namespace, settings: Any) -> int:
         from orchestrator.celery_shim import run_shim
 
         return int(run_shim(settings))
-    if args.command == "bench":
-        try:
-            from orchestrator.bench import main as bench_main
-        except ImportError as exc:
-            missing = f"the benchmarks need the dev extras ({exc.name} is missing): pip install -e '.[dev]'"
-            raise SettingsError(missing) from None
-
-        return int(bench_main(args.bench_args))
     raise AssertionError(args.command)
 
 

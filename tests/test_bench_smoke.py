@@ -1,4 +1,4 @@
-"""Smoke run of `orchestrator bench`: a few processes per scenario keep the harness working.
+"""Smoke run of `python -m bench`: a few processes per scenario keep the harness working.
 
 Benchmarks are not tests: nothing here is timed; it only checks that each scenario ran and reported.
 """
@@ -20,7 +20,7 @@ def test_bench_quick_reports_every_scenario(database_uri: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "EXECUTOR"))}
     env["DATABASE_URI"] = database_uri
     result = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "bench", "--quick", "--scenarios", ",".join(SCENARIOS)],
+        [sys.executable, "-m", "bench", "--quick", "--scenarios", ",".join(SCENARIOS)],
         env=env,
         capture_output=True,
         text=True,

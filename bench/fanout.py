@@ -1,4 +1,4 @@
-"""The fan-out benchmark (`orchestrator bench --scenarios fanout,distributed_fanout`): the example workflow
+"""The fan-out benchmark (`just bench --scenarios fanout,distributed_fanout`): the example workflow
 `fan_out` (one `map_parallel` of one-step branches) against `three_steps` in the same servers.
 
 Three parts, all to completion: one process forking `SINGLE_FORK` branches; N processes of `SMALL_FORK` branches
@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 
 import orjson
+
+from bench.database import MARK, Monitor
 
 SINGLE_FORK = 1000
 SMALL_FORK = 10
 PLAIN_STEPS = 5
 """Rows of a `three_steps` process: Start, One, Two, Three, Done."""
 
-_FORK_TO_JOIN = """/* orchestrator-bench */
+_FORK_TO_JOIN = f"""{MARK}
 SELECT pid, extract(epoch FROM max(completed_at) FILTER (WHERE branch IS NULL AND name = 'Fan out')
                               - min(started_at) FILTER (WHERE branch IS NOT NULL))::float8 AS secs,
        count(*) FILTER (WHERE branch IS NOT NULL) AS branch_steps
@@ -31,11 +33,7 @@ Starts = Callable[[int, str, bytes], Awaitable[tuple[dict[str, Any], list[UUID]]
 """`starts(n, workflow, body)`: the summary of N starts run to completion, and their pids."""
 
 
-class _Monitor(Protocol):
-    async def fetch(self, query: str, *args: Any) -> list[Any]: ...
-
-
-async def measure(starts: Starts, monitor: _Monitor, n: int, quick: bool) -> dict[str, Any]:
+async def measure(starts: Starts, monitor: Monitor, n: int, quick: bool) -> dict[str, Any]:
     single = SMALL_FORK * 5 if quick else SINGLE_FORK
     one, one_pid = await starts(1, "fan_out", orjson.dumps([{"branches": single}]))
     result, pids = await starts(n, "fan_out", orjson.dumps([{"branches": SMALL_FORK}]))
