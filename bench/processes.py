@@ -146,24 +146,6 @@ class Launcher:
             "CELERY_QUEUES": f"{p}_new_tasks,{p}_new_workflows,{p}_resume_tasks,{p}_resume_workflows",
         }
 
-    async def delete_queues(self) -> None:
-        """Remove the uniquely named queues this run declared (Dramatiq's delay and dead-letter ones too)."""
-        import aio_pika
-
-        q = self.queues()
-        names = [q["WORKFLOWS_QUEUE"], q["TASKS_QUEUE"], *q["CELERY_QUEUES"].split(",")]
-        names += [f"{n}.{suffix}" for n in names[:2] for suffix in ("DQ", "XQ")]
-        try:
-            connection = await aio_pika.connect(self.settings.BROKER_URL, timeout=5)
-        except Exception:  # cleanup is best effort: the broker may have gone
-            return
-        async with connection:
-            for name in names:
-                with contextlib.suppress(Exception):
-                    channel = await connection.channel()
-                    await channel.queue_delete(name)
-                    await channel.close()
-
     @property
     def celery_queue(self) -> str:
         """The queue the Celery shim consumes `tasks.new_workflow` from."""
@@ -282,3 +264,21 @@ class Launcher:
         for server in self.live:
             server.kill()
         self.live = []
+
+    async def delete_queues(self) -> None:
+        """Remove the uniquely named queues this run declared (Dramatiq's delay and dead-letter ones too)."""
+        import aio_pika
+
+        q = self.queues()
+        names = [q["WORKFLOWS_QUEUE"], q["TASKS_QUEUE"], *q["CELERY_QUEUES"].split(",")]
+        names += [f"{n}.{suffix}" for n in names[:2] for suffix in ("DQ", "XQ")]
+        try:
+            connection = await aio_pika.connect(self.settings.BROKER_URL, timeout=5)
+        except Exception:  # cleanup is best effort: the broker may have gone
+            return
+        async with connection:
+            for name in names:
+                with contextlib.suppress(Exception):
+                    channel = await connection.channel()
+                    await channel.queue_delete(name)
+                    await channel.close()
