@@ -28,7 +28,7 @@ PROFILE_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
         "engine",
         (
             "orchestrator/runtime/",
-            "orchestrator/persistence/store",
+            "orchestrator/persistence/",
             "orchestrator/services",
             "orchestrator/dsl/state",
             "orchestrator/dsl/steps",
