@@ -127,7 +127,8 @@ class Scenarios:
                 async def on_ok(_: int, t0: float, response: LoadResponse) -> None:
                     future = watcher.add(uuid.UUID(response.json()["id"]), t0)
                     if one_at_a_time:
-                        await asyncio.wait_for(future, timeout=max(0.0, deadline - time.monotonic()))
+                        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):  # not wait_for: see Watcher
+                            await future
 
                 deadline = self._deadline(n)
                 t_first = time.perf_counter()

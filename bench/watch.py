@@ -78,8 +78,11 @@ class Watcher:
                     if not future.done():
                         future.set_result(seen)
                 self.progress.update(len(self.seen))
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for swallows a cancel that arrives as the wake-up
+            # does, and stop() then waited forever on a poll that never ends.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def all_seen(self, deadline: float) -> None:
