@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.dsl.forms import FormPage
 from orchestrator.dsl.results import Abort as AbortResult
+from orchestrator.dsl.retry import RetryPolicy
+from orchestrator.dsl.schedules import Cron, Interval, Once, Schedule
+from orchestrator.dsl.sleep import sleep_step
 from orchestrator.dsl.steps import (
     Step,
     StepList,
@@ -64,11 +67,16 @@ __all__ = [
     "AbortResult",
     "AppSettings",
     "Assignee",
+    "Cron",
     "FormPage",
+    "Interval",
+    "Once",
     "Orchestrator",
     "ProcessStatus",
+    "RetryPolicy",
     "RunPredicateFail",
     "RunPredicatePass",
+    "Schedule",
     "State",
     "Step",
     "StepList",
@@ -88,6 +96,7 @@ __all__ = [
     "inputstep",
     "resume_process",
     "retrystep",
+    "sleep_step",
     "start_process",
     "step",
     "step_group",

@@ -18,7 +18,9 @@ from orchestrator.persistence.records import Lease
 from orchestrator.persistence.store import Store
 from orchestrator.runtime.engine import Engine
 from orchestrator.runtime.executor import Executor
+from orchestrator.runtime.schedules import fire_due_schedules, upsert_code_schedules
 from orchestrator.runtime.sweeper import Sweeper
+from orchestrator.runtime.timers import TimerLoop
 from orchestrator.settings import AppSettings, ExecutorType, load_settings
 
 logger = structlog.get_logger(__name__)
@@ -53,6 +55,8 @@ class Orchestrator:
         self.workflow_ids: dict[str, UUID] = {}
         self._sweeper_task: asyncio.Task[None] | None = None
         self.sweeper: Sweeper | None = None
+        self._timer_task: asyncio.Task[None] | None = None
+        self.timers: TimerLoop | None = None
 
     @property
     def store(self) -> Store:
@@ -88,11 +92,16 @@ class Orchestrator:
         self.workflow_ids = await self._store.upsert_workflows(
             [(wf.name, wf.target.value, wf.description, wf.is_task) for wf in self.registry.values()]
         )
+        await upsert_code_schedules(self)
         self._engine = Engine(self._store, self.registry, max_threads=s.MAX_WORKERS, lease_ttl=s.LEASE_TTL_SECONDS)
         self._executor = self._make_executor()
         await self._executor.open()
         self.sweeper = Sweeper(
-            self._store, self._executor, interval=s.SWEEP_INTERVAL_SECONDS, redispatch_after=s.REDISPATCH_AFTER_SECONDS
+            self._store,
+            self._executor,
+            interval=s.SWEEP_INTERVAL_SECONDS,
+            redispatch_after=s.REDISPATCH_AFTER_SECONDS,
+            retry_waiting_after=s.RETRY_WAITING_AFTER_SECONDS,
         )
         if self.run_processes and s.EXECUTOR is ExecutorType.THREADPOOL:
             # Queued and interrupted processes of an earlier run of this program continue now.
@@ -100,6 +109,8 @@ class Orchestrator:
         if self.run_processes or s.EXECUTOR is ExecutorType.DRAMATIQ:
             # A program that runs no processes must not take them over: it could not run them.
             self._sweeper_task = asyncio.create_task(self.sweeper.run_forever(), name="sweeper")
+            self.timers = TimerLoop(self._store, self._executor, fire_schedules=self._fire_schedules)
+            self._timer_task = asyncio.create_task(self.timers.run_forever(), name="timers")
         _current = self
         return self
 
@@ -116,12 +127,16 @@ class Orchestrator:
             return _DispatchOnly()
         return InProcessExecutor(self.engine, max_workers=s.MAX_WORKERS, shutdown_timeout=s.SHUTDOWN_TIMEOUT_SECONDS)
 
+    async def _fire_schedules(self) -> int:
+        return await fire_due_schedules(self)
+
     async def close(self) -> None:
         global _current
-        if self._sweeper_task is not None:
-            self._sweeper_task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._sweeper_task
+        for task in (self._sweeper_task, self._timer_task):
+            if task is not None:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
         if self._executor is not None:
             await self._executor.close()
         if self._store is not None:
