@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from orchestrator.dsl import jsonutil
 from orchestrator.dsl.types import State
 from orchestrator.persistence.statements import Statements
 from orchestrator.persistence.timers import TIMERS_CHANNEL
@@ -48,8 +49,9 @@ SELECT {_COLUMNS} FROM s JOIN workflows w ON w.workflow_id = s.workflow_id
 _UPSERT_CODE = """
 INSERT INTO schedules (name, workflow_id, trigger, trigger_kwargs, user_inputs, no_uncompleted_instance, source,
                        next_run_at, created_at)
-SELECT * FROM unnest($1::varchar[], $2::uuid[], $3::varchar[], $4::jsonb[], $5::jsonb[], $6::bool[],
-                     $7::varchar[], $8::timestamptz[], $9::timestamptz[])
+SELECT n, w, t, k, u::jsonb, o, s, r, c
+  FROM unnest($1::varchar[], $2::uuid[], $3::varchar[], $4::jsonb[], $5::text[], $6::bool[],
+              $7::varchar[], $8::timestamptz[], $9::timestamptz[]) AS x(n, w, t, k, u, o, s, r, c)
     ON CONFLICT (name) WHERE source = 'code' DO UPDATE
    SET workflow_id = excluded.workflow_id, user_inputs = excluded.user_inputs,
        no_uncompleted_instance = excluded.no_uncompleted_instance,
@@ -163,11 +165,11 @@ class ScheduleStatements(Statements):
             if schedules:
                 columns = [
                     [getattr(s, name) for s in schedules]
-                    for name in (
-                        "name", "workflow_id", "trigger", "trigger_kwargs", "user_inputs",
-                        "no_uncompleted_instance",
-                    )
-                ]  # fmt: skip
+                    for name in ("name", "workflow_id", "trigger", "trigger_kwargs")
+                ]
+                # A list in an array parameter would be read as a dimension: the pages go as JSON text.
+                columns.append([jsonutil.dumps_str(s.user_inputs) for s in schedules])
+                columns.append([s.no_uncompleted_instance for s in schedules])
                 columns.append(["code"] * len(schedules))
                 columns.append([s.first_run for s in schedules])
                 columns.append([s.created_at for s in schedules])

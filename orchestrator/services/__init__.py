@@ -41,6 +41,13 @@ from orchestrator.services.reads import (
     process_summary,
     status_counts,
 )
+from orchestrator.services.schedules import (
+    create_schedule,
+    delete_schedule,
+    get_schedule,
+    list_schedules,
+    update_schedule,
+)
 
 __all__ = [
     "ENGINE_PAUSED",
@@ -57,13 +64,17 @@ __all__ = [
     "ValueRefusedError",
     "abort_process",
     "continue_with_callback",
+    "create_schedule",
     "database_answers",
     "delete_process",
+    "delete_schedule",
     "engine_status",
     "ensure_database_reachable",
     "get_process",
+    "get_schedule",
     "get_workflow",
     "list_processes",
+    "list_schedules",
     "list_workflows",
     "metrics_snapshot",
     "process_summary",
@@ -76,5 +87,6 @@ __all__ = [
     "set_note",
     "start_process",
     "status_counts",
+    "update_schedule",
     "worker_status",
 ]

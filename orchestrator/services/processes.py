@@ -33,7 +33,7 @@ logger = structlog.get_logger(__name__)
 ResumeAction = Literal["retry", "resume"]
 
 
-async def _allowed(callback: Authorizer | None, user_model: Any) -> bool:
+async def allowed(callback: Authorizer | None, user_model: Any) -> bool:
     if callback is None:
         return True
     verdict = callback(user_model)
@@ -66,7 +66,7 @@ async def start_process(
     if workflow_key not in orch.registry:
         await _refuse_if_not_loaded(orch, workflow_key)
     wf = orch.registry.get_or_raise(workflow_key)
-    if not await _allowed(wf.authorize_callback, user_model):
+    if not await allowed(wf.authorize_callback, user_model):
         raise NotAuthorizedError(f"User is not authorized to start '{workflow_key}' workflow")
     await check_run_predicate(wf, workflow_key)
     process = new_process(orch, wf, workflow_key, user_inputs, user)
@@ -131,7 +131,7 @@ async def resume_process(
         raise ProcessStatusError("This workflow cannot be resumed because it has been removed")
     rows = step_rows(row["steps"])
     action = _resume_action(status)
-    if not await _allowed(_auth_callback(wf, rows, action), user_model):
+    if not await allowed(_auth_callback(wf, rows, action), user_model):
         raise NotAuthorizedError(f"User is not authorized to {action} step")
     if status not in RESUMABLE_STATUSES:
         raise ProcessStatusError(f"Resuming a {status} workflow is not possible")
