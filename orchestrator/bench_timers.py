@@ -73,9 +73,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         async with Orchestrator(settings, registry=_registry()) as orch:
             idle_empty = await _idle_cpu(args.idle)
             pool = orch.store.pool
-            lead = args.idle + 5.0 + args.count / 400  # every sleeper is asleep before the first is due
-            await _start_sleepers(orch, args.count, time.time() + lead, args.spread)
-            asleep = await _all_asleep(orch, args.count)
+            lead = args.idle + 30.0 + args.count / 100  # every sleeper is asleep before the first is due
+            first_due = time.time() + lead
+            await _start_sleepers(orch, args.count, first_due, args.spread)
+            asleep = await _all_asleep(orch, args.count, first_due)
             idle_sleeping = await _idle_cpu(args.idle)
             await _all_completed(orch)
             rows = await pool.fetch(
@@ -111,13 +112,11 @@ async def _start_sleepers(orch: Orchestrator, count: int, first_due: float, spre
     await asyncio.gather(*(one(i) for i in range(count)))
 
 
-async def _all_asleep(orch: Orchestrator, count: int) -> int:
-    """Poll until `count` timers exist (every sleeper waits); return how many did."""
+async def _all_asleep(orch: Orchestrator, count: int, first_due: float) -> int:
+    """Poll until `count` timers exist (every sleeper waits) or the first is due; return how many were asleep."""
     asleep = 0
-    for _ in range(1200):
+    while asleep < count and time.time() < first_due:
         asleep = int(await orch.store.pool.fetchval("SELECT count(*) FROM process_timers"))
-        if asleep >= count:
-            break
         await asyncio.sleep(0.5)
     return asleep
 

@@ -115,3 +115,30 @@ async def test_two_replicas_and_two_workers_start_one_process_per_tick(
         "SELECT count(*) FROM processes p JOIN workflows w USING (workflow_id) WHERE w.name = 'time_tick'"
     )
     assert total == len(rows)
+
+
+async def test_retries_and_sleeps_continue_on_workers(
+    api: Callable[..., object], spawn: Callable[..., Worker], dq_env: dict[str, str], queues: object
+) -> None:
+    """In distributed mode a timer is fired by whichever program's loop gets it first (API or worker), and the
+    continuation goes through the outbox to a worker, which runs the remaining steps."""
+    env = {**dq_env, "WORKFLOW_MODULES": "testflows,dq_worker_flows,timeflows"}
+    worker = spawn(queues.tasks, queues.workflows, **env)  # type: ignore[attr-defined]
+    import timeflows  # noqa: F401  (the API must know the workflows to start them)
+
+    from orchestrator import services
+
+    creator: Orchestrator = await api(run_processes=False, WORKFLOW_MODULES=["testflows", "timeflows"])  # type: ignore[operator]
+    await worker.wait_ready(creator)
+    sleeper = await services.start_process("time_sleep", [{}], orchestrator=creator)
+    flaky = await services.start_process("time_retry_policy", [{}], orchestrator=creator)
+
+    async def finished(pid: object) -> bool:
+        return (await services.get_process(pid, orchestrator=creator))["last_status"] == "completed"  # type: ignore[arg-type]
+
+    await wait_until(lambda: finished(sleeper), timeout=30, what="the sleeper to complete on a worker")
+    await wait_until(lambda: finished(flaky), timeout=30, what="the flaky step to succeed on its third attempt")
+    rows = await creator.store.pool.fetch(
+        "SELECT name, status FROM process_steps WHERE pid = $1 ORDER BY completed_at, seq", flaky
+    )
+    assert [(r["name"], r["status"]) for r in rows].count(("Flaky", "waiting")) == 1  # two failures, one row
