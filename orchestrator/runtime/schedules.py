@@ -17,6 +17,7 @@ import structlog
 from orchestrator.dsl import jsonutil
 from orchestrator.dsl.schedules import parse_trigger
 from orchestrator.dsl.types import ProcessStatus
+from orchestrator.persistence.records import NewProcess
 from orchestrator.persistence.schedules import CodeSchedule
 from orchestrator.runtime.starting import check_run_predicate, insert_process, new_process
 
@@ -74,7 +75,7 @@ async def fire_due_schedules(orch: Orchestrator) -> int:
             logger.info("schedule started a process", schedule=due["name"], process_id=str(process.pid))
 
 
-async def _process_for(orch: Orchestrator, due: dict[str, Any]) -> Any:
+async def _process_for(orch: Orchestrator, due: dict[str, Any]) -> NewProcess | None:
     """The process this tick starts, or None (logged) if the tick is skipped."""
     if due["no_uncompleted_instance"] and due["last_status"] is not None and due["last_status"] not in FINISHED:
         logger.info("schedule tick skipped: its previous process is not finished", schedule=due["name"])

@@ -9,6 +9,7 @@ from uuid import UUID
 
 import pytest
 import timeflows
+from support.processes import subprocess_env
 from support.waiting import wait_status, wait_until
 
 from orchestrator import Cron, Interval, services
@@ -142,13 +143,7 @@ def test_cron_fields_follow_apscheduler_and_code_declarations_are_checked() -> N
 
 
 def _cli(settings: AppSettings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"DATABASE_URI": str(settings.DATABASE_URI), "WORKFLOW_MODULES": "timeflows", "MIGRATE_ON_START": "false"}
-    import os
-
-    from support.processes import subprocess_env
-
-    full = {**subprocess_env(str(settings.DATABASE_URI)), **env}
-    assert os.environ  # the subprocess sees the test's PYTHONPATH through subprocess_env
+    full = {**subprocess_env(str(settings.DATABASE_URI)), "WORKFLOW_MODULES": "timeflows"}
     return subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", "schedules", *args], env=full, capture_output=True, text=True
     )
