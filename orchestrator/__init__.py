@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.dsl.forms import FormPage
 from orchestrator.dsl.parallel import map_parallel, parallel
 from orchestrator.dsl.results import Abort as AbortResult
+from orchestrator.dsl.retry import RetryPolicy
+from orchestrator.dsl.schedules import Cron, Interval, Once, Schedule
+from orchestrator.dsl.sleep import sleep_step
 from orchestrator.dsl.steps import (
     Step,
     StepList,
@@ -70,12 +73,17 @@ __all__ = [
     "AbortResult",
     "AppSettings",
     "Assignee",
+    "Cron",
     "FormPage",
+    "Interval",
+    "Once",
     "Orchestrator",
     "ProcessStatus",
     "ProcessWaitTimeoutError",
+    "RetryPolicy",
     "RunPredicateFail",
     "RunPredicatePass",
+    "Schedule",
     "State",
     "Step",
     "StepList",
@@ -97,6 +105,7 @@ __all__ = [
     "parallel",
     "resume_process",
     "retrystep",
+    "sleep_step",
     "start_process",
     "step",
     "step_group",

@@ -3,6 +3,7 @@
     orchestrator serve [--host H] [--port P] [--workflows MOD,...]   the HTTP API (and the threadpool executor)
     orchestrator run [WORKFLOW] [--input JSON] [--resume JSON ...]   run one process end to end and print it
     orchestrator db upgrade | db status                              migrations
+    orchestrator schedules list | add WORKFLOW ... | remove ID       schedules that start workflows by themselves
     orchestrator celery-shim                                         translate Celery messages to our workers
 
 A user error (a bad setting, argument or form input, an unknown database, role, workflow or workflow module, an
@@ -21,10 +22,13 @@ import time
 import traceback
 from collections.abc import Sequence
 from typing import Any
+from uuid import UUID
 
 from orchestrator.exceptions import (
     InvalidWorkflowError,
     OrchestratorError,
+    ScheduleError,
+    ScheduleNotFoundError,
     SettingsError,
     WorkflowNotFoundError,
 )
@@ -49,6 +53,7 @@ RUNTIME_SETTINGS = (
     "LEASE_TTL_SECONDS",
     "SWEEP_INTERVAL_SECONDS",
     "REDISPATCH_AFTER_SECONDS",
+    "RETRY_WAITING_AFTER_SECONDS",
     "SHUTDOWN_TIMEOUT_SECONDS",
     *QUEUE_SETTINGS,
 )
@@ -56,6 +61,7 @@ SETTINGS_READ = {
     "serve": (*RUNTIME_SETTINGS, "API_TOKEN", "MAX_BODY_BYTES", *LOG_SETTINGS),
     "run": (*RUNTIME_SETTINGS, *LOG_SETTINGS),
     "db": (*DATABASE_SETTINGS, *LOG_SETTINGS),
+    "schedules": (*DATABASE_SETTINGS, "WORKFLOW_MODULES", *LOG_SETTINGS),
     "celery-shim": (
         *DATABASE_SETTINGS,
         "DB_POOL_SIZE",
@@ -175,8 +181,36 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         db_sub.add_parser(action, help=text, parents=[common], epilog=_settings_epilog("db"))
 
+    _schedules_parser(command("schedules", "list, add and remove schedules"), common)
+
     command("celery-shim", "consume orchestrator-core's Celery messages and dispatch them to our workers")
     return parser
+
+
+def _uuid(text: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a schedule id (a UUID): {text!r}") from None
+
+
+def _schedules_parser(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="schedules_command", required=True, metavar="ACTION")
+    actions.add_parser("list", help="every schedule with its next and last run", parents=[common])
+    add = actions.add_parser("add", help="start WORKFLOW on an interval, a cron expression or once", parents=[common])
+    add.add_argument("workflow", help="the workflow's (or task's) key")
+    when = add.add_mutually_exclusive_group(required=True)
+    when.add_argument("--interval", type=_seconds, metavar="SECONDS", help="every SECONDS seconds")
+    when.add_argument("--cron", metavar="EXPR", help='a five-field cron expression, e.g. "0 3 * * *"')
+    when.add_argument("--date", metavar="ISO", help="once, at this ISO 8601 time (UTC unless it has an offset)")
+    add.add_argument("--timezone", default="UTC", help="time zone of --cron and of a --date without offset")
+    add.add_argument("--name", help="the schedule's name (default: the workflow's key)")
+    add.add_argument("--input", type=_json_page, action="append", metavar="JSON", help="an initial form page")
+    add.add_argument(
+        "--no-uncompleted-instance", action="store_true", help="skip a tick while the previous one's process runs"
+    )
+    remove = actions.add_parser("remove", help="delete a schedule (its processes stay)", parents=[common])
+    remove.add_argument("schedule_id", type=_uuid, help="the schedule's id (see `schedules list`)")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -214,7 +248,8 @@ def _log_level(command: str, settings: Any) -> str:
 
 def _exit_status(exc: Exception) -> int | None:
     """2 for a user error, 1 for a refused action, None for a bug (its traceback is shown)."""
-    if isinstance(exc, CommandError | SettingsError | InvalidWorkflowError | WorkflowNotFoundError):
+    user_errors = (CommandError, SettingsError, InvalidWorkflowError, WorkflowNotFoundError)
+    if isinstance(exc, (*user_errors, ScheduleError, ScheduleNotFoundError)):
         return USER_ERROR
     if isinstance(exc, OrchestratorError):
         return 1
@@ -240,6 +275,8 @@ def _dispatch(args: argparse.Namespace, settings: Any) -> int:
         return _run_async(_run_one(settings, args))
     if args.command == "db":
         return _run_async(_db(settings, args.db_command))
+    if args.command == "schedules":
+        return _run_async(_schedules(settings, args))
     if args.command == "celery-shim":
         from orchestrator.celery_shim import run_shim
 
@@ -276,6 +313,48 @@ async def _db(settings: Any, action: str) -> int:
         return 0 if all(done for _, done in listed) else PENDING_MIGRATIONS
     finally:
         await conn.close()
+
+
+def _trigger_of(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    if args.interval is not None:
+        return "interval", {"seconds": args.interval}
+    if args.cron is not None:
+        return "cron", {"expression": args.cron, "timezone": args.timezone}
+    return "date", {"run_date": args.date, "timezone": args.timezone}
+
+
+def _when(value: Any) -> str:
+    return value.isoformat(timespec="seconds") if value is not None else "-"
+
+
+async def _schedules(settings: Any, args: argparse.Namespace) -> int:
+    from orchestrator import services
+
+    async with services.Orchestrator(settings, run_processes=False) as orch:
+        if args.schedules_command == "list":
+            for row in await services.list_schedules(orchestrator=orch):
+                given = json.dumps(row["trigger_kwargs"], sort_keys=True)
+                print(
+                    f"{row['schedule_id']}  {row['name']}  {row['workflow_name']}  {row['trigger']} {given}  "
+                    f"next {_when(row['next_run_at'])}  last {_when(row['last_run_at'])}"
+                )
+            return 0
+        if args.schedules_command == "add":
+            trigger, kwargs = _trigger_of(args)
+            row = await services.create_schedule(
+                args.workflow,
+                trigger,
+                kwargs,
+                name=args.name,
+                user_inputs=args.input,
+                no_uncompleted_instance=args.no_uncompleted_instance,
+                orchestrator=orch,
+            )
+            print(f"added {row['schedule_id']} ({row['name']}): next run {_when(row['next_run_at'])}")
+            return 0
+        await services.delete_schedule(args.schedule_id, orchestrator=orch)
+        print(f"removed {args.schedule_id}")
+        return 0
 
 
 async def _run_one(settings: Any, args: argparse.Namespace) -> int:

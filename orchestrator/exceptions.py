@@ -96,6 +96,16 @@ class InvalidWorkflowError(OrchestratorError):
     """A workflow definition is malformed (bad step list, duplicate key, ...)."""
 
 
+class ScheduleError(OrchestratorError, ValueError):
+    """A schedule that cannot be: unknown trigger, bad trigger arguments, unknown time zone."""
+
+
+class ScheduleNotFoundError(OrchestratorError):
+    def __init__(self, schedule_id: object) -> None:
+        super().__init__(f"Schedule {schedule_id} not found")
+        self.schedule_id = schedule_id
+
+
 class CallbackTokenError(OrchestratorError):
     def __init__(self) -> None:
         super().__init__("Invalid token")

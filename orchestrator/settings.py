@@ -91,6 +91,10 @@ class AppSettings(BaseSettings):
     REDISPATCH_AFTER_SECONDS: float = Field(default=300.0, gt=0)
     """A process left `created` or `resumed` this long (a lost message) is dispatched again."""
 
+    RETRY_WAITING_AFTER_SECONDS: float = Field(default=3600.0, gt=0)
+    """A `waiting` process without a retry policy (a `retrystep`) is retried after this long, by the engine itself
+    (orchestrator-core's hourly `task_resume_workflows`)."""
+
     SHUTDOWN_TIMEOUT_SECONDS: float = Field(default=30.0, ge=0)
     """On SIGTERM, how long running steps may take to finish before the runner gives up on them."""
 

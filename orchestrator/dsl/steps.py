@@ -26,6 +26,7 @@ from orchestrator.dsl.results import (
     Suspend,
     Waiting,
 )
+from orchestrator.dsl.retry import RetryPolicy
 from orchestrator.dsl.state import (
     CALLBACK_RESULT_KEY,
     CALLBACK_TIMEOUT,
@@ -77,6 +78,8 @@ class Step:
     sub_steps: tuple[Step, ...] = field(default=())
     fork: Fork | None = None
     """Set on the step of `parallel`/`map_parallel`: its branches."""
+    retry: RetryPolicy | None = None
+    """A failure is tried again by the engine, as the policy says (`dsl/retry.py`)."""
 
     async def __call__(self, state: State, ctx: StepContext) -> Process:
         return await self.func(state, ctx)
@@ -156,14 +159,20 @@ def _decorator(name: str, on_error: type[Process], **options: Any) -> Callable[[
     return decorate
 
 
-def step(name: str, retry_auth_callback: Authorizer | None = None) -> Callable[[Callable[..., Any]], Step]:
-    """A step: its return value is merged over the state; an exception fails the process."""
-    return _decorator(name, Failed, retry_auth_callback=retry_auth_callback)
+def step(
+    name: str, retry_auth_callback: Authorizer | None = None, *, retry: RetryPolicy | None = None
+) -> Callable[[Callable[..., Any]], Step]:
+    """A step: its return value is merged over the state; an exception fails the process (with `retry`, once the
+    policy's attempts are spent; until then the process is `waiting` for the next attempt)."""
+    return _decorator(name, Failed, retry_auth_callback=retry_auth_callback, retry=retry)
 
 
-def retrystep(name: str, retry_auth_callback: Authorizer | None = None) -> Callable[[Callable[..., Any]], Step]:
-    """Like `step`, but an exception leaves the process `waiting` (to be retried later)."""
-    return _decorator(name, Waiting, retry_auth_callback=retry_auth_callback)
+def retrystep(
+    name: str, retry_auth_callback: Authorizer | None = None, *, retry: RetryPolicy | None = None
+) -> Callable[[Callable[..., Any]], Step]:
+    """Like `step`, but an exception leaves the process `waiting`: without `retry`, the engine tries it again
+    after RETRY_WAITING_AFTER_SECONDS; with it, as the policy says, and `failed` once its attempts are spent."""
+    return _decorator(name, Waiting, retry_auth_callback=retry_auth_callback, retry=retry)
 
 
 def inputstep(

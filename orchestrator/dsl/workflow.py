@@ -8,11 +8,12 @@ upserted at start-up, so registering a workflow needs no hand-written migration.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.dsl.forms import InputForm
+from orchestrator.dsl.schedules import Schedule
 from orchestrator.dsl.steps import Authorizer, Step, StepList
 from orchestrator.dsl.types import Target
 from orchestrator.exceptions import InvalidWorkflowError, WorkflowNotFoundError
@@ -48,6 +49,8 @@ class Workflow:
     authorize_callback: Authorizer | None = None
     retry_auth_callback: Authorizer | None = None
     run_predicate: RunPredicate | None = None
+    schedules: tuple[Schedule, ...] = ()
+    """Schedules declared in code: upserted at start-up, like the workflow itself."""
     step_names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -67,8 +70,10 @@ def workflow(
     retry_auth_callback: Authorizer | None = None,
     run_predicate: RunPredicate | None = None,
     key: str | None = None,
+    schedules: Sequence[Schedule] = (),
 ) -> Callable[[Callable[[], StepList]], Workflow]:
-    """Declare a workflow (or, with `is_task=True`, a task) and register it under the function's name."""
+    """Declare a workflow (or, with `is_task=True`, a task) and register it under the function's name;
+    `schedules` (`Cron(...)`, `Interval(...)`, `Once(...)`) start it by themselves."""
 
     def decorate(func: Callable[[], StepList]) -> Workflow:
         steps = func()
@@ -89,6 +94,7 @@ def workflow(
             authorize_callback=authorize_callback,
             retry_auth_callback=retry_auth_callback or authorize_callback,
             run_predicate=run_predicate,
+            schedules=tuple(schedules),
         )
         register(wf)
         return wf

@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import WebSocketRoute
 
-from orchestrator.http import engine_settings, health, live, metrics, openapi, processes, workflows
+from orchestrator.http import engine_settings, health, live, metrics, openapi, processes, schedules, workflows
 from orchestrator.http.auth import BearerTokenMiddleware, RequestAuthorizer, allow_all
 from orchestrator.http.context import AppContext
 from orchestrator.http.hub import EventHub
@@ -20,7 +20,16 @@ from orchestrator.http.routing import build_routes
 from orchestrator.services import Orchestrator
 from orchestrator.settings import AppSettings, load_settings
 
-APIS = (processes.api, live.api, workflows.api, engine_settings.api, health.api, metrics.api, openapi.api)
+APIS = (
+    processes.api,
+    live.api,
+    workflows.api,
+    schedules.api,
+    engine_settings.api,
+    health.api,
+    metrics.api,
+    openapi.api,
+)
 
 
 @asynccontextmanager

@@ -94,6 +94,12 @@ class ProcessOut(BaseModel):
     current_state: JSONObject | None = None
     steps: list[StepRecord | PendingStep] | None = None
     form: JSONObject | None = None
+    attempt: int | None = None
+    """The attempt of the failing step under a retry policy (its last, once `failed`)."""
+    next_attempt_at: Epoch | None = None
+    """When a `waiting` process continues by itself: its next attempt, or the end of its sleep."""
+    schedule_id: UUID | None = None
+    """The schedule that started this process (its `created_by` is `schedule:<name>`)."""
 
 
 class NotePatch(BaseModel):

@@ -23,6 +23,8 @@ from orchestrator.exceptions import (
     OrchestratorError,
     ProcessNotFoundError,
     ProcessStatusError,
+    ScheduleError,
+    ScheduleNotFoundError,
     StartPredicateError,
     WorkflowNotFoundError,
 )
@@ -40,6 +42,8 @@ STATUS_OF: Mapping[type[OrchestratorError], int] = {
     StartPredicateError: 412,
     ProcessStatusError: 409,
     EngineLockedError: 503,
+    ScheduleNotFoundError: 404,
+    ScheduleError: 422,
     ActionNotAllowedError: 400,
 }
 

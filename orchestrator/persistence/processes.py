@@ -82,7 +82,9 @@ SELECT (SELECT count(*) FROM p) AS aborted, EXISTS (SELECT 1 FROM processes WHER
 """
 
 _LOAD = f"""
-SELECT p.*, w.name AS workflow_name, w.target AS workflow_target, {STEPS_AGG.format(alias="p")} AS steps
+SELECT p.*, w.name AS workflow_name, w.target AS workflow_target, {STEPS_AGG.format(alias="p")} AS steps,
+       (SELECT t.due_at FROM process_timers t WHERE t.pid = p.pid) AS next_attempt_at,
+       (SELECT r.schedule_id FROM schedule_runs r WHERE r.pid = p.pid) AS schedule_id
   FROM processes p JOIN workflows w ON w.workflow_id = p.workflow_id
  WHERE p.pid = $1
 """
@@ -148,7 +150,8 @@ class ProcessStatements(Statements):
         return bool(result != "DELETE 0")
 
     async def load(self, pid: UUID) -> dict[str, Any] | None:
-        """A process row with its workflow's name and target and its step rows (oldest first)."""
+        """A process row with its workflow's name and target, its step rows (oldest first), the due time of its
+        timer (`next_attempt_at`) and the schedule that started it (`schedule_id`)."""
         row = await self.pool.fetchrow(_LOAD, pid)
         return dict(row.items()) if row is not None else None
 

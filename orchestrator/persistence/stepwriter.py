@@ -16,6 +16,7 @@ import asyncpg
 from orchestrator.dsl.types import State
 from orchestrator.persistence.events import EventPublisher
 from orchestrator.persistence.groupcommit import GroupCommit
+from orchestrator.persistence.timers import TIMERS_CHANNEL
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,15 +39,19 @@ class StepOutcome:
     stepid: UUID
     lease_ttl: float
     branch: str | None = None
+    wake_at: datetime | None = None
+    """When a `waiting` process is to continue (a retry attempt, the end of a sleep): a timer row is written."""
+    timer_kind: str | None = None
+    attempt: int = 0
 
 
 _MANY = """
 WITH i AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[],
                          $7::varchar[], $8::varchar[], $9::jsonb[], $10::varchar[], $11::timestamptz[], $12::uuid[],
-                         $13::float8[], $14::uuid[], $15::varchar[])
+                         $13::float8[], $14::uuid[], $15::varchar[], $16::timestamptz[], $17::varchar[], $18::int[])
         AS t(pid, token, process_status, step_name, assignee, failed_reason, traceback, step_status, state,
-             created_by, started_at, replace_id, lease_ttl, stepid, branch)
+             created_by, started_at, replace_id, lease_ttl, stepid, branch, wake_at, timer_kind, attempt)
 ), p AS (
     UPDATE processes pr
        SET last_status = i.process_status, last_step = i.step_name, assignee = i.assignee,
@@ -66,6 +71,10 @@ WITH i AS (
        SET name = i.step_name, status = i.step_status, state = i.state, completed_at = clock_timestamp()
       FROM i JOIN p ON p.pid = i.pid
      WHERE s.stepid = i.replace_id AND s.pid = i.pid
+), timer AS (
+    INSERT INTO process_timers (pid, due_at, kind, attempt)
+    SELECT i.pid, i.wake_at, i.timer_kind, i.attempt FROM i JOIN p ON p.pid = i.pid WHERE i.wake_at IS NOT NULL
+        ON CONFLICT (pid) DO UPDATE SET due_at = excluded.due_at, kind = excluded.kind, attempt = excluded.attempt
 )
 SELECT (SELECT coalesce(array_agg(pid), '{}') FROM p) AS ok,
        coalesce((SELECT bool_or(global_lock) FROM engine_settings), false) AS locked
@@ -73,7 +82,8 @@ SELECT (SELECT coalesce(array_agg(pid), '{}') FROM p) AS ok,
 
 _COLUMNS = (
     "pid", "token", "process_status", "step_name", "assignee", "failed_reason", "traceback", "step_status", "state",
-    "created_by", "started_at", "replace_stepid", "lease_ttl", "stepid", "branch",
+    "created_by", "started_at", "replace_stepid", "lease_ttl", "stepid", "branch", "wake_at", "timer_kind",
+    "attempt",
 )  # fmt: skip
 """StepOutcome fields in the order of the statement's parameters."""
 
@@ -100,6 +110,8 @@ class StepWriter:
             if o.pid in accepted:
                 event = {"pid": str(o.pid), "status": o.process_status, "step": o.step_name}
                 self.events.publish({**event, "branch": o.branch} if o.branch else event)
+                if o.wake_at is not None:
+                    self.events.publish({"due": o.wake_at.timestamp()}, channel=TIMERS_CHANNEL)
         return [(o.pid in accepted, locked) for o in outcomes]
 
 

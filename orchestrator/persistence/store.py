@@ -1,9 +1,10 @@
 """`Store`: the one handle on the database that the layers above hold.
 
 Its statements live by topic in the modules of its bases (`processes.py`, `recovery.py`, `workers.py`,
-`engine_lock.py`, `outbox.py`, `workflows.py`); the writers that batch concurrent requests into one statement
-(`steps`, `claims`) and the event publisher (`events`) are attributes. Writes of a run are fenced: they carry the
-fencing token of the claim and are refused once another runner has claimed the process (or it was aborted).
+`engine_lock.py`, `outbox.py`, `workflows.py`, `timers.py`, `schedules.py`); the writers that batch concurrent
+requests into one statement (`steps`, `claims`) and the event publisher (`events`) are attributes. Writes of a run
+are fenced: they carry the fencing token of the claim and are refused once another runner has claimed the process
+(or it was aborted).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from orchestrator.persistence.events import EventPublisher
 from orchestrator.persistence.outbox import OutboxStatements
 from orchestrator.persistence.processes import ProcessStatements
 from orchestrator.persistence.recovery import RecoveryStatements
+from orchestrator.persistence.schedules import ScheduleStatements
 from orchestrator.persistence.stepwriter import StepWriter
+from orchestrator.persistence.timers import TimerStatements
 from orchestrator.persistence.transaction import Transaction, open_transaction
 from orchestrator.persistence.workers import WorkerStatements
 from orchestrator.persistence.workflows import WorkflowStatements
@@ -33,6 +36,8 @@ class Store(
     WorkerStatements,
     WorkflowStatements,
     BranchStatements,
+    TimerStatements,
+    ScheduleStatements,
 ):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool

@@ -44,6 +44,7 @@ from orchestrator.persistence.stepwriter import StepOutcome
 from orchestrator.persistence.store import Store
 from orchestrator.persistence.transaction import Transaction
 from orchestrator.runtime import branches
+from orchestrator.runtime.retries import Wake, next_wake
 
 logger = structlog.get_logger(__name__)
 
@@ -191,7 +192,8 @@ class _Run:
                 result = Failed(error_state(exc), exc)
             if isinstance(result, branches.Unjoined):  # its branches wrote their rows; the fork writes none
                 return result
-            result = await self._write(step.name, result, step.assignee)
+            result, wake = next_wake(step, result, self.last)
+            result = await self._write(step.name, result, step.assignee, wake)
             if not result.runs_next:
                 return result
         return result
@@ -242,15 +244,16 @@ class _Run:
             return ProcessStatus.FAILED, Assignee.SYSTEM
         return result.process_status, str(step_assignee)
 
-    async def _write(self, name: str, result: Process, assignee: str) -> Process:
-        """Persist a step outcome (one statement); return the result carrying the state as stored."""
+    async def _write(self, name: str, result: Process, assignee: str, wake: Wake | None = None) -> Process:
+        """Persist a step outcome (one statement, with the timer `wake` sets); return the result carrying the state
+        as stored."""
         try:
-            return await self._write_once(name, result, assignee)
+            return await self._write_once(name, result, assignee, wake)
         except (TypeError, ValueError) as exc:  # a state that cannot be stored fails the step instead
             self.logger.warning("step result could not be stored", step=name, error=str(exc))
             return await self._write_once(name, Failed(error_state(exc), exc), assignee)
 
-    async def _write_once(self, name: str, result: Process, assignee: str) -> Process:
+    async def _write_once(self, name: str, result: Process, assignee: str, wake: Wake | None = None) -> Process:
         state = dict(result.state)
         name = state.pop(STEP_NAME_OVERRIDE, name)
         replace = bool(state.pop(REPLACE_LAST_STATE, False))
@@ -291,6 +294,9 @@ class _Run:
             stepid=replace_id or uuid4(),
             lease_ttl=self.engine.lease_ttl,
             branch=self.branch,
+            wake_at=wake.at if wake else None,
+            timer_kind=wake.kind if wake else None,
+            attempt=wake.attempt if wake else 0,
         )
         ok, locked = await self.store.steps.write(outcome)
         if not ok:

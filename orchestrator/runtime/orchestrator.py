@@ -20,7 +20,9 @@ from orchestrator.persistence.records import Lease
 from orchestrator.persistence.store import Store
 from orchestrator.runtime.engine import Engine
 from orchestrator.runtime.executor import Executor
+from orchestrator.runtime.schedules import fire_due_schedules, upsert_code_schedules
 from orchestrator.runtime.sweeper import Sweeper
+from orchestrator.runtime.timers import TimerLoop
 from orchestrator.settings import AppSettings, ExecutorType, load_settings
 
 logger = structlog.get_logger(__name__)
@@ -56,6 +58,8 @@ class Orchestrator:
         self.workflow_ids: dict[str, UUID] = {}
         self._sweeper_task: asyncio.Task[None] | None = None
         self.sweeper: Sweeper | None = None
+        self._timer_task: asyncio.Task[None] | None = None
+        self.timers: TimerLoop | None = None
 
     @property
     def store(self) -> Store:
@@ -100,6 +104,7 @@ class Orchestrator:
         self.workflow_ids = await self._store.upsert_workflows(
             [(wf.name, wf.target.value, wf.description, wf.is_task) for wf in self.registry.values()]
         )
+        await upsert_code_schedules(self)
         self._engine = Engine(
             self._store,
             self.registry,
@@ -117,6 +122,7 @@ class Orchestrator:
             redispatch_after=s.REDISPATCH_AFTER_SECONDS,
             # Runs here only what this program can run; a worker fails an unknown workflow's process instead.
             workflow_ids=list(self.workflow_ids.values()) if in_process else None,
+            retry_waiting_after=s.RETRY_WAITING_AFTER_SECONDS,
         )
         if self.run_processes and in_process:
             # Queued and interrupted processes of an earlier run of this program continue now.
@@ -124,6 +130,8 @@ class Orchestrator:
         if self.run_processes or s.EXECUTOR is ExecutorType.DRAMATIQ:
             # A program that runs no processes must not take them over: it could not run them.
             self._sweeper_task = asyncio.create_task(self.sweeper.run_forever(), name="sweeper")
+            self.timers = TimerLoop(self._store, self._executor, fire_schedules=self._fire_schedules)
+            self._timer_task = asyncio.create_task(self.timers.run_forever(), name="timers")
         _current = self
         return self
 
@@ -140,12 +148,16 @@ class Orchestrator:
             return _DispatchOnly()
         return InProcessExecutor(self.engine, max_workers=s.MAX_WORKERS, shutdown_timeout=s.SHUTDOWN_TIMEOUT_SECONDS)
 
+    async def _fire_schedules(self) -> int:
+        return await fire_due_schedules(self)
+
     async def close(self) -> None:
         global _current
-        if self._sweeper_task is not None:
-            self._sweeper_task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._sweeper_task
+        for task in (self._sweeper_task, self._timer_task):
+            if task is not None:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
         if self._executor is not None:
             await self._executor.close()
         if self._process_watch is not None:

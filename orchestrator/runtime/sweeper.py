@@ -1,5 +1,5 @@
-"""Recovery without an operator: take over processes of dead runners, dispatch lost dispatches again, and fail
-callbacks that did not come in time.
+"""Recovery without an operator: take over processes of dead runners, dispatch lost dispatches again, fail
+callbacks that did not come in time, and retry `waiting` processes that no timer will wake.
 
 Any number of sweepers may run (every API instance, every worker process): the statements skip rows another
 sweeper holds, and a take-over increments the fencing token, so the dead runner can no longer commit if it
@@ -29,6 +29,7 @@ class Sweeper:
         interval: float,
         redispatch_after: float,
         workflow_ids: Sequence[UUID] | None = None,
+        retry_waiting_after: float = 3600.0,
     ) -> None:
         """`workflow_ids`: dispatch and take over only processes of these workflows. A program that runs processes
         itself passes the workflows it has loaded: one of another workflow would only fail here as unknown, while
@@ -38,6 +39,7 @@ class Sweeper:
         self.interval = interval
         self.redispatch_after = redispatch_after
         self.workflow_ids = workflow_ids
+        self.retry_waiting_after = retry_waiting_after
 
     async def take_over_expired(self) -> int:
         async with self.store.transaction() as tx:
@@ -67,10 +69,22 @@ class Sweeper:
             logger.warning("callback timed out; process failed", process_id=str(pid))
         return len(failed)
 
+    async def retry_waiting(self) -> int:
+        """Retry `waiting` processes that have no timer (a `retrystep` without a retry policy) once they have
+        waited `retry_waiting_after` seconds: no external cron job is needed."""
+        async with self.store.transaction() as tx:
+            refs = await self.store.resume_waiting(tx, self.retry_waiting_after)
+            for ref in refs:
+                await self.executor.resume(tx, ref)
+        if refs:
+            logger.info("waiting processes retried", count=len(refs))
+        return len(refs)
+
     async def sweep(self) -> None:
         await self.take_over_expired()
         await self.dispatch_undispatched()
         await self.fail_timed_out_callbacks()
+        await self.retry_waiting()
 
     async def run_forever(self) -> None:
         while True:

@@ -42,6 +42,13 @@ from orchestrator.services.reads import (
     process_summary,
     status_counts,
 )
+from orchestrator.services.schedules import (
+    create_schedule,
+    delete_schedule,
+    get_schedule,
+    list_schedules,
+    update_schedule,
+)
 
 __all__ = [
     "ENGINE_PAUSED",
@@ -58,13 +65,17 @@ __all__ = [
     "ValueRefusedError",
     "abort_process",
     "continue_with_callback",
+    "create_schedule",
     "database_answers",
     "delete_process",
+    "delete_schedule",
     "engine_status",
     "ensure_database_reachable",
     "get_process",
+    "get_schedule",
     "get_workflow",
     "list_processes",
+    "list_schedules",
     "list_workflows",
     "metrics_snapshot",
     "process_summary",
@@ -77,6 +88,7 @@ __all__ = [
     "set_note",
     "start_process",
     "status_counts",
+    "update_schedule",
     "wait_for_process",
     "worker_status",
 ]

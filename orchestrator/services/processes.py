@@ -5,27 +5,27 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from typing import Any, Literal
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import structlog
 
 from orchestrator.dsl import jsonutil
-from orchestrator.dsl.forms import EmptyForm, run_form
+from orchestrator.dsl.forms import run_form
 from orchestrator.dsl.steps import Authorizer
 from orchestrator.dsl.types import FAILED_STATUSES, RESUMABLE_STATUSES, SYSTEM_USER, ProcessStatus, State, StepStatus
-from orchestrator.dsl.workflow import PredicateContext, RunPredicateFail, Workflow
+from orchestrator.dsl.workflow import Workflow
 from orchestrator.exceptions import (
     ActionNotAllowedError,
     EngineLockedError,
     NotAuthorizedError,
     ProcessNotFoundError,
     ProcessStatusError,
-    StartPredicateError,
     WorkflowNotLoadedError,
 )
 from orchestrator.persistence import edits, reads
-from orchestrator.persistence.records import NewProcess, ProcessRef, StepRow, step_rows
+from orchestrator.persistence.records import ProcessRef, StepRow, step_rows
 from orchestrator.runtime.orchestrator import Orchestrator, current
+from orchestrator.runtime.starting import check_run_predicate, form_pages, insert_process, new_process
 from orchestrator.services.position import cleared, current_state, waiting_branch, waiting_step
 
 logger = structlog.get_logger(__name__)
@@ -33,22 +33,13 @@ logger = structlog.get_logger(__name__)
 ResumeAction = Literal["retry", "resume"]
 
 
-async def _allowed(callback: Authorizer | None, user_model: Any) -> bool:
+async def allowed(callback: Authorizer | None, user_model: Any) -> bool:
     if callback is None:
         return True
     verdict = callback(user_model)
     if inspect.isawaitable(verdict):
         verdict = await verdict
     return bool(verdict)
-
-
-def _pages(user_inputs: Sequence[State] | None) -> list[State]:
-    """No input means one empty page (`[{}]`), as orchestrator-core; an explicit `[]` is an incomplete form."""
-    return [{}] if user_inputs is None else list(user_inputs)
-
-
-def _empty_form() -> type[EmptyForm]:
-    return EmptyForm
 
 
 async def _refuse_if_not_loaded(orch: Orchestrator, workflow_key: str) -> None:
@@ -75,35 +66,13 @@ async def start_process(
     if workflow_key not in orch.registry:
         await _refuse_if_not_loaded(orch, workflow_key)
     wf = orch.registry.get_or_raise(workflow_key)
-    if not await _allowed(wf.authorize_callback, user_model):
+    if not await allowed(wf.authorize_callback, user_model):
         raise NotAuthorizedError(f"User is not authorized to start '{workflow_key}' workflow")
-    if wf.run_predicate is not None:
-        verdict = wf.run_predicate(PredicateContext(wf, workflow_key))
-        if inspect.isawaitable(verdict):
-            verdict = await verdict
-        if isinstance(verdict, RunPredicateFail):
-            raise StartPredicateError(verdict.message)
-    pid = uuid4()
-    initial: State = {
-        "process_id": pid,
-        "reporter": user,
-        "workflow_name": workflow_key,
-        "workflow_target": wf.target,
-    }
-    form_result = run_form(wf.initial_input_form or _empty_form, initial, _pages(user_inputs))
-    state = jsonutil.normalise({**form_result, **initial})
-    process = NewProcess(
-        pid, orch.workflow_ids[workflow_key], workflow_key, wf.target.value, wf.is_task, user, initial_state=state
-    )
+    await check_run_predicate(wf, workflow_key)
+    process = new_process(orch, wf, workflow_key, user_inputs, user)
     async with orch.store.transaction() as tx:
-        # A free run slot saves the claim's commit: the process is inserted already claimed. Otherwise it is
-        # dispatched first, as the insert must be the transaction's last statement (one round trip alone).
-        lease = orch.executor.reserve(tx)
-        if lease is None:
-            await orch.executor.start(tx, process.ref)
-        # The engine lock is checked by the insert itself: no start slips past a pause.
-        if await orch.store.create_process(tx, process, lease) is None:
-            raise EngineLockedError
+        await insert_process(orch, tx, process)
+    pid = process.pid
     logger.info("process created", process_id=str(pid), workflow=workflow_key, user=user)
     return pid
 
@@ -162,7 +131,7 @@ async def resume_process(
         raise ProcessStatusError("This workflow cannot be resumed because it has been removed")
     rows = step_rows(row["steps"])
     action = _resume_action(status)
-    if not await _allowed(_auth_callback(wf, rows, action), user_model):
+    if not await allowed(_auth_callback(wf, rows, action), user_model):
         raise NotAuthorizedError(f"User is not authorized to {action} step")
     if status not in RESUMABLE_STATUSES:
         raise ProcessStatusError(f"Resuming a {status} workflow is not possible")
@@ -178,7 +147,7 @@ async def resume_process(
         and last.status == StepStatus.SUSPEND
     )
     form = step.form if (waiting_for_input and step is not None) else None
-    user_input = run_form(form, current_state(rows, initial, waiting), _pages(user_inputs))
+    user_input = run_form(form, current_state(rows, initial, waiting), form_pages(user_inputs))
     async with orch.store.transaction() as tx:
         await orch.executor.resume(tx, ProcessRef(process_id, row["is_task"], row["workflow_target"], user))
         if not await orch.store.mark_resumed(

@@ -77,7 +77,18 @@ async def get_process(process_id: UUID, *, orchestrator: Orchestrator | None = N
         "current_state": state,
         "steps": steps,
         "form": form,
+        "attempt": _attempt(rows),
+        "next_attempt_at": row["next_attempt_at"],
+        "schedule_id": row["schedule_id"],
     }
+
+
+def _attempt(rows: list[StepRow]) -> int | None:
+    """The attempt number a retry policy recorded in the last row (a waiting or failed step), if any."""
+    if rows and rows[-1].status in (StepStatus.WAITING, StepStatus.FAILED):
+        attempt = rows[-1].state.get("attempt")
+        return attempt if isinstance(attempt, int) else None
+    return None
 
 
 async def list_processes(
