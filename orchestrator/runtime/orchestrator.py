@@ -153,6 +153,10 @@ class Orchestrator:
 
     async def close(self) -> None:
         global _current
+        if self.timers is not None and self._timer_task is not None:
+            self.timers.stop()
+            with suppress(TimeoutError):  # a firing that hangs (database gone) is cancelled below
+                await asyncio.wait_for(asyncio.shield(self._timer_task), self.settings.SHUTDOWN_TIMEOUT_SECONDS)
         for task in (self._sweeper_task, self._timer_task):
             if task is not None:
                 task.cancel()

@@ -48,10 +48,17 @@ class TimerLoop:
         self.busy_pause = busy_pause
         self.batch = batch
         self._wake = asyncio.Event()
+        self._stopping = False
         self._target = float("inf")
         """The epoch second the loop sleeps towards: a notification of an earlier due time wakes it."""
 
     def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """End `run_forever` after the firing in progress: cancelled mid-transaction, it would hand its connection
+        back to the pool with the transaction still open."""
+        self._stopping = True
         self._wake.set()
 
     def _notified(self, payload: str) -> None:
@@ -85,7 +92,7 @@ class TimerLoop:
         listener = Listener(self.store.pool, TIMERS_CHANNEL, self._notified, on_listening=self.wake)
         await listener.start()
         try:
-            while True:
+            while not self._stopping:
                 self._wake.clear()
                 try:
                     delay = await self.tick()
