@@ -10,9 +10,20 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import WebSocketRoute
 
-from orchestrator.http import engine_settings, health, live, metrics, openapi, processes, schedules, workflows
+from orchestrator.http import (
+    dashboard,
+    engine_settings,
+    health,
+    live,
+    metrics,
+    openapi,
+    processes,
+    schedules,
+    workflows,
+)
 from orchestrator.http.auth import BearerTokenMiddleware, RequestAuthorizer, allow_all
 from orchestrator.http.context import AppContext
+from orchestrator.http.dashboard import SecurityHeadersMiddleware
 from orchestrator.http.hub import EventHub
 from orchestrator.http.limits import BodyLimitMiddleware
 from orchestrator.http.problems import HANDLERS
@@ -58,14 +69,22 @@ def create_app(
     orchestrator: Orchestrator | None = None,
     authorizer: RequestAuthorizer | None = None,
 ) -> Starlette:
-    """The API app. `uvicorn main:app` with `app = create_app()` reads the settings from the environment."""
+    """The API (under `/api`) and the dashboard (`/`). `uvicorn main:app` with `app = create_app()` reads the
+    settings from the environment."""
     settings = settings or (orchestrator.settings if orchestrator is not None else load_settings())
     operations = [op for group in APIS for op in group.operations]
-    middleware = [Middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)]
+    middleware = [
+        Middleware(SecurityHeadersMiddleware),
+        Middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES),
+    ]
     if settings.API_TOKEN is not None:
         middleware.insert(0, Middleware(BearerTokenMiddleware, token=settings.API_TOKEN.get_secret_value()))
     app = Starlette(
-        routes=[*build_routes(operations), WebSocketRoute(live.WEBSOCKET_PATH, live.events_websocket)],
+        routes=[
+            *build_routes(operations),
+            WebSocketRoute(live.WEBSOCKET_PATH, live.events_websocket),
+            *dashboard.routes(),
+        ],
         middleware=middleware,
         exception_handlers=dict(HANDLERS),
         lifespan=lifespan,

@@ -1,9 +1,11 @@
 """Who may do what over HTTP.
 
 Three layers, outermost first:
-- `API_TOKEN`: when set, every request but the health check needs `Authorization: Bearer <token>` (a websocket
-  may offer it as `Sec-WebSocket-Protocol: base64.bearer.token, <token>` or `?token=`, as browsers cannot set
-  headers on websockets);
+- `API_TOKEN`: when set, every request but the health check, the login page and the dashboard's static files
+  needs `Authorization: Bearer <token>` (a websocket may offer it as `Sec-WebSocket-Protocol: base64.bearer.token,
+  <token>` or `?token=`, as browsers cannot set headers on websockets), or the dashboard's session cookie
+  (`sessions.py`), which the API accepts for reads and same-origin websockets only: its state-changing requests
+  carry no CSRF token, the dashboard's own forms do;
 - the app's `RequestAuthorizer`: given the connection, an action and the workflow key or process id it concerns,
   yes or no (default: yes);
 - the workflow's and steps' own `Authorizer` callbacks (`authorize_callback`, ...), which the Python API applies to
@@ -18,19 +20,25 @@ from __future__ import annotations
 
 import secrets
 from typing import Any, Literal, Protocol
+from urllib.parse import quote, urlsplit
 
 from starlette.requests import HTTPConnection
+from starlette.responses import RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from orchestrator.dsl import jsonutil
 from orchestrator.dsl.types import SYSTEM_USER
 from orchestrator.http.problems import InvalidRequestError, Problem
+from orchestrator.http.sessions import SESSION_COOKIE, valid_session
 
 Action = Literal["read", "start", "resume", "retry", "abort", "delete", "update", "callback", "resume_all", "engine"]
 
 WS_AUTH_SUBPROTOCOL = "base64.bearer.token"
 REPORTER_MAX_LENGTH = 100
-PUBLIC_PATHS = frozenset({"/api/health"})
+PUBLIC_PATHS = frozenset({"/api/health", "/login"})
+PUBLIC_PREFIXES = ("/static/",)
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+LOGIN_PATH = "/login"
 
 
 class RequestAuthorizer(Protocol):
@@ -87,18 +95,43 @@ async def reject_websocket(scope: Scope, receive: Receive, send: Send, status: i
     await send({"type": "websocket.close", "code": 1008, "reason": ""})
 
 
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def same_origin(conn: HTTPConnection) -> bool:
+    """The browser's `Origin` names this host (a page of another site cannot open our websocket with our cookie)."""
+    origin = conn.headers.get("origin")
+    return origin is not None and urlsplit(origin).netloc == conn.headers.get("host")
+
+
 class BearerTokenMiddleware:
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
+        self.secret = token
         self.token = token.encode()
 
     def _matches(self, offered: str | None) -> bool:
         return offered is not None and secrets.compare_digest(offered.encode(), self.token)
 
+    def _session(self, conn: HTTPConnection) -> bool:
+        return valid_session(self.secret, conn.cookies.get(SESSION_COOKIE))
+
+    def _http_allowed(self, conn: HTTPConnection) -> bool:
+        scheme, _, credentials = conn.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and self._matches(credentials.strip()):
+            return True
+        api = conn.url.path.startswith("/api")
+        return (not api or conn.scope["method"] in SAFE_METHODS) and self._session(conn)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS:
-            scheme, _, credentials = HTTPConnection(scope).headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not self._matches(credentials.strip()):
+        if scope["type"] == "http" and not is_public(scope["path"]):
+            conn = HTTPConnection(scope)
+            if not self._http_allowed(conn):
+                if not scope["path"].startswith("/api") and scope["method"] in SAFE_METHODS:
+                    target = quote(conn.url.path + (f"?{conn.url.query}" if conn.url.query else ""), safe="")
+                    await RedirectResponse(f"{LOGIN_PATH}?next={target}", 303)(scope, receive, send)
+                    return
                 problem = Problem(401, "A valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
                 await problem(scope, receive, send)
                 return
@@ -108,7 +141,8 @@ class BearerTokenMiddleware:
                 await receive()
                 await send({"type": "websocket.close", "code": 1002, "reason": ""})
                 return
-            if not self._matches(offered):
+            conn = HTTPConnection(scope)
+            if not self._matches(offered) and not (same_origin(conn) and self._session(conn)):
                 await reject_websocket(scope, receive, send, 401, "A valid bearer token is required")
                 return
         await self.app(scope, receive, send)

@@ -5,6 +5,7 @@ types its functions take and raise are re-exported here, so that a caller needs 
 """
 
 from orchestrator.persistence.errors import ValueRefusedError
+from orchestrator.persistence.pages import SORT_COLUMNS, PageQuery
 from orchestrator.persistence.reads import PROCESS_FIELDS, Condition, Kind, Order, QueryError
 from orchestrator.persistence.stats import MetricsSnapshot
 from orchestrator.runtime.orchestrator import Orchestrator
@@ -39,6 +40,7 @@ from orchestrator.services.reads import (
     get_workflow,
     list_processes,
     list_workflows,
+    process_page,
     process_summary,
     status_counts,
 )
@@ -55,11 +57,13 @@ __all__ = [
     "ENGINE_PAUSING",
     "ENGINE_RUNNING",
     "PROCESS_FIELDS",
+    "SORT_COLUMNS",
     "Condition",
     "Kind",
     "MetricsSnapshot",
     "Orchestrator",
     "Order",
+    "PageQuery",
     "QueryError",
     "ResumeAction",
     "ValueRefusedError",
@@ -78,6 +82,7 @@ __all__ = [
     "list_schedules",
     "list_workflows",
     "metrics_snapshot",
+    "process_page",
     "process_summary",
     "queue_status",
     "report_callback_progress",

@@ -9,8 +9,9 @@ from uuid import UUID
 from orchestrator.dsl.forms import first_page_schema
 from orchestrator.dsl.types import ProcessStatus, State, StepStatus
 from orchestrator.exceptions import ProcessNotFoundError
-from orchestrator.persistence import reads, stats
-from orchestrator.persistence.reads import Condition, Order
+from orchestrator.persistence import pages, reads, stats
+from orchestrator.persistence.pages import PageQuery
+from orchestrator.persistence.reads import Condition, Order, QueryError
 from orchestrator.persistence.records import StepRow, step_rows
 from orchestrator.runtime.orchestrator import Orchestrator, current
 from orchestrator.services.position import cleared, current_state, waiting_branch, waiting_step
@@ -102,6 +103,18 @@ async def list_processes(
     with `window=(start, end)` rows [start, end) and the total. Raises QueryError for what cannot be applied."""
     orch = orchestrator or current()
     return await reads.list_processes(orch.store.pool, conditions, orders, window)
+
+
+async def process_page(
+    query: PageQuery, *, orchestrator: Orchestrator | None = None
+) -> tuple[list[dict[str, Any]], bool]:
+    """One page of processes for people (keyset paging, indexed filters, no total): its rows and whether more
+    follow. Raises QueryError for an order it cannot take."""
+    orch = orchestrator or current()
+    try:
+        return await pages.process_page(orch.store.pool, query)
+    except ValueError as exc:
+        raise QueryError(str(exc)) from None
 
 
 async def process_summary(process_id: UUID, *, orchestrator: Orchestrator | None = None) -> dict[str, Any] | None:

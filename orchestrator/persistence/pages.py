@@ -1,0 +1,107 @@
+"""One page of the process list for people (the dashboard): keyset paging along an index, no total count.
+
+Every filter and order here has an index in migration 0005 (`dashboard_*`), so a page reads about as many rows as
+it shows, at any table size and any depth: the next page starts after the last row's (sort value, pid) instead of
+at an OFFSET. A text search matches a note (trigram index), a workflow name (the small workflows table) or an id
+prefix (a range of the primary key).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+SORT_COLUMNS: Mapping[str, str] = {"started_at": "p.started_at", "last_modified_at": "p.last_modified_at"}
+"""The orders a page may take; each has an index `(column DESC, pid)`."""
+MAX_PAGE_SIZE = 500
+_COLUMNS = """
+    p.pid AS process_id, w.name AS workflow_name, w.target AS workflow_target, p.is_task, p.created_by,
+    p.started_at, p.last_modified_at, p.last_status, p.last_step, p.assignee, p.note
+"""
+"""What a list row shows: no traceback or state, which can be large."""
+_ID_PREFIX = re.compile(r"^[0-9a-f-]{4,36}$")
+
+
+@dataclass(frozen=True)
+class PageQuery:
+    statuses: tuple[str, ...] = ()
+    workflow: str | None = None
+    is_task: bool | None = None
+    search: str = ""
+    sort: str = "started_at"
+    descending: bool = True
+    after: tuple[datetime, UUID] | None = None
+    """The (sort value, pid) of the previous page's last row."""
+    size: int = 50
+
+
+def id_range(text: str) -> tuple[UUID, UUID] | None:
+    """The ids that start with `text` (hex digits, dashes anywhere), as an inclusive range; None if not an id."""
+    text = text.lower()
+    if not _ID_PREFIX.match(text):
+        return None
+    digits = text.replace("-", "")
+    if len(digits) > 32:
+        return None
+    return UUID(digits.ljust(32, "0")), UUID(digits.ljust(32, "f"))
+
+
+def _like(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+class _Where:
+    def __init__(self) -> None:
+        self.clauses: list[str] = []
+        self.values: list[Any] = []
+
+    def param(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+
+def _search(where: _Where, text: str) -> None:
+    like = where.param(_like(text))
+    terms = [
+        f"p.note ILIKE {like}",
+        f"p.workflow_id = ANY(ARRAY(SELECT workflow_id FROM workflows WHERE name ILIKE {like}))",
+    ]
+    ids = id_range(text)
+    if ids is not None:
+        terms.append(f"p.pid BETWEEN {where.param(ids[0])} AND {where.param(ids[1])}")
+    where.clauses.append("(" + " OR ".join(terms) + ")")
+
+
+async def process_page(pool: asyncpg.Pool, query: PageQuery) -> tuple[list[dict[str, Any]], bool]:
+    """The page's rows and whether more follow."""
+    if query.sort not in SORT_COLUMNS:
+        raise ValueError(f"cannot sort by {query.sort!r}")
+    column = SORT_COLUMNS[query.sort]
+    where = _Where()
+    if query.statuses:
+        where.clauses.append(f"p.last_status = ANY({where.param(list(query.statuses))}::text[])")
+    if query.workflow:
+        name = where.param(query.workflow)
+        where.clauses.append(f"p.workflow_id = (SELECT workflow_id FROM workflows WHERE name = {name})")
+    if query.is_task is not None:
+        where.clauses.append(f"p.is_task = {where.param(query.is_task)}")
+    if query.search:
+        _search(where, query.search)
+    if query.after is not None:
+        value, pid = where.param(query.after[0]), where.param(query.after[1])
+        beyond, tie = ("<", ">") if query.descending else (">", "<")
+        where.clauses.append(f"{column} {beyond}= {value} AND ({column} {beyond} {value} OR p.pid {tie} {pid})")
+    order = f"{column} DESC, p.pid ASC" if query.descending else f"{column} ASC, p.pid DESC"
+    size = max(1, min(query.size, MAX_PAGE_SIZE))
+    rows = await pool.fetch(
+        f"""SELECT {_COLUMNS} FROM processes p JOIN workflows w ON w.workflow_id = p.workflow_id
+             WHERE {" AND ".join(where.clauses) or "true"} ORDER BY {order} LIMIT {size + 1}""",
+        *where.values,
+    )
+    return [dict(r.items()) for r in rows[:size]], len(rows) > size
