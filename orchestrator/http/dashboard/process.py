@@ -33,8 +33,14 @@ DONE_NOTICES = {
 }
 
 
-def _seconds(start: datetime | None, end: datetime | None) -> float | None:
-    return (end - start).total_seconds() if start is not None and end is not None else None
+def _moment(value: object) -> datetime | None:
+    """A step's time: a datetime, or the ISO text its JSON row holds."""
+    if isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def timeline(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -44,9 +50,10 @@ def timeline(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     shown = []
     for step in steps:
         key = (step["name"], step.get("branch"))
-        shown.append(
-            {**step, "duration": _seconds(step.get("started"), step.get("completed")), "tries": tries.get(key, 0)}
-        )
+        started, completed = _moment(step.get("started")), _moment(step.get("completed"))
+        duration = (completed - started).total_seconds() if started and completed else None
+        times = {"started": started, "completed": completed, "duration": duration}
+        shown.append({**step, **times, "tries": tries.get(key, 0)})
         if step["status"] in ("failed", "waiting"):
             tries[key] = tries.get(key, 0) + 1
     return shown

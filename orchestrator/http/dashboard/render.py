@@ -16,6 +16,7 @@ from datetime import datetime
 from functools import wraps
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -102,9 +103,20 @@ class CsrfError(Exception):
     pass
 
 
+async def _urlencoded(request: Request) -> FormData:
+    """The dashboard's forms are urlencoded (no file uploads), which needs no multipart parser."""
+    if request.headers.get("content-type", "").partition(";")[0].strip() != "application/x-www-form-urlencoded":
+        raise CsrfError
+    try:
+        text = (await request.body()).decode()
+    except UnicodeDecodeError:
+        raise CsrfError from None
+    return FormData(parse_qsl(text, keep_blank_values=True, max_num_fields=1000))
+
+
 async def checked_form(request: Request) -> FormData:
     """The submitted form, after the CSRF check (same origin, token in form or header equal to the cookie)."""
-    form = await request.form()
+    form = await _urlencoded(request)
     cookie = request.cookies.get(CSRF_COOKIE)
     offered = request.headers.get(CSRF_HEADER) or form.get(CSRF_FIELD)
     origin_ok = "origin" not in request.headers or same_origin(request)
