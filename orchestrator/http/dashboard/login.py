@@ -36,7 +36,7 @@ async def login(request: Request) -> Response:
     target = _local(str(form.get("next", "")))
     offered = str(form.get("token", ""))
     if not secrets.compare_digest(offered.encode(), token.get_secret_value().encode()):
-        return page(request, "login.html", {"next": target, "error": "That is not the API token."}, 401)
+        return page(request, "login.html", {"next": target, "error": "That is not the API token."}, 400)
     response = RedirectResponse(target, 303)
     response.set_cookie(
         SESSION_COOKIE,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
@@ -111,7 +111,8 @@ async def _urlencoded(request: Request) -> FormData:
         text = (await request.body()).decode()
     except UnicodeDecodeError:
         raise CsrfError from None
-    return FormData(parse_qsl(text, keep_blank_values=True, max_num_fields=1000))
+    pairs: list[tuple[str, str | UploadFile]] = [*parse_qsl(text, keep_blank_values=True, max_num_fields=1000)]
+    return FormData(pairs)
 
 
 async def checked_form(request: Request) -> FormData:

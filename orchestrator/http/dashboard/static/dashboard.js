@@ -44,12 +44,22 @@
     }
   }
 
+  function catchUp() {
+    var live = document.body.dataset.live;
+    if (live === "list" && location.search.indexOf("after=") === -1) refresh("#process-rows");
+    if (live === "process") refresh("#process-live");
+  }
+
   var indicator;
   var delay = 500;
   function connect() {
     var scheme = location.protocol === "https:" ? "wss://" : "ws://";
     var socket = new WebSocket(scheme + location.host + "/api/ws/events");
-    socket.onopen = function () { delay = 500; indicator.dataset.state = "on"; };
+    socket.onopen = function () {
+      delay = 500;
+      indicator.dataset.state = "on";
+      catchUp(); // changes between the page's rendering and this connection were not streamed to us
+    };
     socket.onmessage = function (event) {
       if (event.data === "__pong__") return;
       try { onMessage(JSON.parse(event.data)); } catch (e) { /* not for us */ }
