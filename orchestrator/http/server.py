@@ -49,6 +49,9 @@ class _Server(uvicorn.Server):
         print(f"orchestrator API listening on {where}", flush=True)
         print(f"executor: {self.ctx.settings.EXECUTOR.value}", flush=True)
         print(f"database: {location.describe() if location else '?'}", flush=True)
+        first = next((_url(s.getsockname()) for server in self.servers for s in server.sockets), None)
+        if first is not None:
+            print(f"dashboard: {first}/ (open it in a browser)", flush=True)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)

@@ -25,6 +25,10 @@ _COLUMNS = """
     p.started_at, p.last_modified_at, p.last_status, p.last_step, p.assignee, p.note
 """
 """What a list row shows: no traceback or state, which can be large."""
+MAX_WORKFLOW_BRANCHES = 20
+MIN_NOTE_SEARCH = 3
+"""Notes are searched for texts of 3 characters or more: a trigram index cannot narrow a shorter one, and a
+walk of every row would make the page as slow as the table is large."""
 _ID_PREFIX = re.compile(r"^[0-9a-f-]{4,36}$")
 
 
@@ -66,20 +70,28 @@ class _Where:
         return f"${len(self.values)}"
 
 
-def _search(where: _Where, text: str) -> None:
+def _search_terms(where: _Where, text: str, workflow_ids: list[UUID]) -> list[str]:
+    """One condition per place a text may be found; each is searched on its own (see `process_page`). A few
+    matching workflows are one condition each, so that each reads its own stretch of the workflow index."""
     like = where.param(_like(text))
-    terms = [
-        f"p.note ILIKE {like}",
-        f"p.workflow_id = ANY(ARRAY(SELECT workflow_id FROM workflows WHERE name ILIKE {like}))",
-    ]
+    if len(workflow_ids) > MAX_WORKFLOW_BRANCHES:
+        terms = [f"p.workflow_id = ANY({where.param(workflow_ids)}::uuid[])"]
+    else:
+        terms = [f"p.workflow_id = {where.param(workflow_id)}" for workflow_id in workflow_ids]
+    if len(text) >= MIN_NOTE_SEARCH:
+        terms.append(f"p.note ILIKE {like}")
     ids = id_range(text)
     if ids is not None:
         terms.append(f"p.pid BETWEEN {where.param(ids[0])} AND {where.param(ids[1])}")
-    where.clauses.append("(" + " OR ".join(terms) + ")")
+    return terms
 
 
 async def process_page(pool: asyncpg.Pool, query: PageQuery) -> tuple[list[dict[str, Any]], bool]:
-    """The page's rows and whether more follow."""
+    """The page's rows and whether more follow.
+
+    A search is a UNION of one bounded query per place the text may be found (each matching workflow, notes, ids),
+    each taking the page's first rows from its own index, instead of one OR that PostgreSQL can only apply as a
+    filter while it walks the whole list in order, which reads every row when few match."""
     if query.sort not in SORT_COLUMNS:
         raise ValueError(f"cannot sort by {query.sort!r}")
     column = SORT_COLUMNS[query.sort]
@@ -91,17 +103,29 @@ async def process_page(pool: asyncpg.Pool, query: PageQuery) -> tuple[list[dict[
         where.clauses.append(f"p.workflow_id = (SELECT workflow_id FROM workflows WHERE name = {name})")
     if query.is_task is not None:
         where.clauses.append(f"p.is_task = {where.param(query.is_task)}")
-    if query.search:
-        _search(where, query.search)
     if query.after is not None:
         value, pid = where.param(query.after[0]), where.param(query.after[1])
         beyond, tie = ("<", ">") if query.descending else (">", "<")
         where.clauses.append(f"{column} {beyond}= {value} AND ({column} {beyond} {value} OR p.pid {tie} {pid})")
     order = f"{column} DESC, p.pid ASC" if query.descending else f"{column} ASC, p.pid DESC"
-    size = max(1, min(query.size, MAX_PAGE_SIZE))
+    limit = max(1, min(query.size, MAX_PAGE_SIZE)) + 1
+    source = "processes p"
+    if query.search:
+        workflow_ids = [
+            r["workflow_id"]
+            for r in await pool.fetch("SELECT workflow_id FROM workflows WHERE name ILIKE $1", _like(query.search))
+        ]
+        branches = [
+            f"SELECT p.pid FROM processes p WHERE {' AND '.join([*where.clauses, term])} ORDER BY {order} LIMIT {limit}"
+            for term in _search_terms(where, query.search, workflow_ids)
+        ]
+        if not branches:
+            return [], False
+        union = " UNION ".join(f"({branch})" for branch in branches)
+        source = f"({union}) hit JOIN processes p ON p.pid = hit.pid"
     rows = await pool.fetch(
-        f"""SELECT {_COLUMNS} FROM processes p JOIN workflows w ON w.workflow_id = p.workflow_id
-             WHERE {" AND ".join(where.clauses) or "true"} ORDER BY {order} LIMIT {size + 1}""",
+        f"""SELECT {_COLUMNS} FROM {source} JOIN workflows w ON w.workflow_id = p.workflow_id
+             WHERE {" AND ".join(where.clauses) or "true"} ORDER BY {order} LIMIT {limit}""",
         *where.values,
     )
-    return [dict(r.items()) for r in rows[:size]], len(rows) > size
+    return [dict(r.items()) for r in rows[: limit - 1]], len(rows) == limit

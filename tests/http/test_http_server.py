@@ -51,6 +51,8 @@ async def test_serve_prints_where_and_stops_gracefully_on_sigterm(
     served = serve_command(TF_SLOW_SECONDS="1.0")
     assert served.banner[1] == "executor: threadpool"
     assert served.banner[2].startswith("database: PostgreSQL at postgresql://postgres@127.0.0.1")
+    assert served.proc.stdout is not None
+    assert served.proc.stdout.readline().strip() == f"dashboard: {served.url}/ (open it in a browser)"
     async with httpx.AsyncClient(base_url=served.url) as http:
         assert (await http.get("/api/health")).json() == "OK"
         pid = (await http.post("/api/processes/tf_slow", json=[{}])).json()["id"]

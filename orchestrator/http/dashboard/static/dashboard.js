@@ -9,7 +9,7 @@
     root.querySelectorAll("time[datetime]").forEach(function (el) {
       var when = new Date(el.getAttribute("datetime"));
       if (!isNaN(when)) {
-        el.textContent = when.toLocaleString();
+        el.textContent = when.toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" });
         el.title = when.toISOString().replace(".000Z", "Z") + " (UTC)";
       }
     });
