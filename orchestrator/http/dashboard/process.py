@@ -10,13 +10,14 @@ from typing import Any
 from urllib.parse import urlencode
 from uuid import UUID
 
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from orchestrator import services
 from orchestrator.dsl.types import FAILED_STATUSES, RESUMABLE_STATUSES, ProcessStatus
-from orchestrator.http.auth import user_model, user_name
-from orchestrator.http.context import context
+from orchestrator.http.auth import Action, user_model, user_name
+from orchestrator.http.context import AppContext, context
 from orchestrator.http.dashboard.render import checked_form, html_errors, page
 from orchestrator.http.dashboard.schemaform import RenderedForm, render_form, submit_form
 from orchestrator.http.params import path_uuid
@@ -117,36 +118,34 @@ async def resume(request: Request) -> Response:
     if form is None:
         return _back(pid, "retried" if action == "retry" else "resumed")
     process = await services.get_process(pid, orchestrator=ctx.orchestrator)
-    status = 400 if form.errors or any(f.error for f in form.fields) else 200
-    return page(request, "process.html", _context(process, form), status)
+    return page(request, "process.html", _context(process, form), form.status)
+
+
+async def _action(request: Request, action: Action) -> tuple[AppContext, UUID, FormData]:
+    """The process an action is on, once the authorizer allowed it and the form passed the CSRF check."""
+    ctx = context(request)
+    pid = path_uuid(request, "process_id")
+    await ctx.authorize(request, action, str(pid))
+    return ctx, pid, await checked_form(request)
 
 
 @html_errors
 async def abort(request: Request) -> Response:
-    ctx = context(request)
-    pid = path_uuid(request, "process_id")
-    await ctx.authorize(request, "abort", str(pid))
-    await checked_form(request)
+    ctx, pid, _ = await _action(request, "abort")
     await services.abort_process(pid, user=user_name(request), orchestrator=ctx.orchestrator)
     return _back(pid, "aborted")
 
 
 @html_errors
 async def delete(request: Request) -> Response:
-    ctx = context(request)
-    pid = path_uuid(request, "process_id")
-    await ctx.authorize(request, "delete", str(pid))
-    await checked_form(request)
+    ctx, pid, _ = await _action(request, "delete")
     await services.delete_process(pid, orchestrator=ctx.orchestrator)
     return RedirectResponse("/?" + urlencode({"notice": "deleted"}), 303)
 
 
 @html_errors
 async def edit_note(request: Request) -> Response:
-    ctx = context(request)
-    pid = path_uuid(request, "process_id")
-    await ctx.authorize(request, "update", str(pid))
-    form = await checked_form(request)
+    ctx, pid, form = await _action(request, "update")
     note = str(form.get("note", "")).strip()
     if len(note) > NOTE_MAX_LENGTH:
         raise InvalidRequestError.at(

@@ -198,6 +198,15 @@ class RenderedForm:
     page_number: int
     errors: list[str]
 
+    @property
+    def status(self) -> int:
+        """400 when shown with errors; 200 for a fresh page."""
+
+        def invalid(fields: Sequence[FormField]) -> bool:
+            return any(f.error or invalid(f.children) for f in fields)
+
+        return 400 if self.errors or invalid(self.fields) else 200
+
 
 def render_form(
     schema: Mapping[str, Any] | None,

@@ -62,5 +62,4 @@ async def start(request: Request) -> Response:
     form = await submit_form(request, _starter(request, key, started))
     if form is None:
         return RedirectResponse(f"/processes/{started[0]}?done=started", 303)
-    status = 400 if form.errors or any(f.error for f in form.fields) else 200
-    return _start_page(request, key, form, status)
+    return _start_page(request, key, form, form.status)

@@ -13,24 +13,14 @@ from starlette.applications import Starlette
 from support.browser import Dashboard
 from support.http import AppFactory
 
-from orchestrator.settings import AppSettings, load_settings
+from orchestrator.settings import AppSettings
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
 @pytest.fixture
-def settings(database_uri: str, monkeypatch: pytest.MonkeyPatch) -> AppSettings:
-    monkeypatch.delenv("EXECUTOR", raising=False)
-    return load_settings(
-        DATABASE_URI=database_uri,
-        MIGRATE_ON_START=False,
-        WORKFLOW_MODULES=["testflows", "dashboardflows"],
-        LEASE_TTL_SECONDS=2.0,
-        SWEEP_INTERVAL_SECONDS=0.5,
-        SHUTDOWN_TIMEOUT_SECONDS=5.0,
-        DB_POOL_SIZE=10,
-        MAX_WORKERS=8,
-    )
+def settings(settings: AppSettings) -> AppSettings:
+    return settings.model_copy(update={"WORKFLOW_MODULES": ["testflows", "dashboardflows"]})
 
 
 @pytest.fixture(scope="session")

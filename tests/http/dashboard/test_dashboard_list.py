@@ -45,3 +45,37 @@ async def test_a_started_process_appears_live_and_filters_narrow_the_list(
     time = page.locator(f'tr[data-pid="{simple}"] time').first
     await expect(time).to_have_attribute("title", re.compile(r"Z \(UTC\)$"))
     assert d.problems == []
+
+
+async def test_pages_fit_1280_and_800_pixels_and_work_from_the_keyboard(
+    open_dashboard: Callable[..., Awaitable[Dashboard]],
+) -> None:
+    d = await open_dashboard()
+    page = d.page
+    async with httpx.AsyncClient(base_url=d.url) as http:
+        pid = (await http.post("/api/processes/tf_input", json=[{"size": 3}])).json()["id"]
+        await http.patch(f"/api/processes/{pid}", json={"note": "a long note " * 40})
+    for width in (1280, 800):
+        await page.set_viewport_size({"width": width, "height": 900})
+        for path in ("/", f"/processes/{pid}", "/workflows", "/engine", "/schedules"):
+            await page.goto(d.url + path)
+            overflow = await page.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert overflow <= 0, f"{path} scrolls sideways at {width} px"
+
+    await page.goto(d.url + "/")
+    await page.keyboard.press("Tab")
+    await expect(page.locator(".skip")).to_be_focused()
+    link = page.locator(f'tr[data-pid="{pid}"] a')
+    for _ in range(30):  # the filters, then the rows' links, in reading order
+        await page.keyboard.press("Tab")
+        if await link.evaluate("element => element === document.activeElement"):
+            break
+    await page.keyboard.press("Enter")
+    await expect(page).to_have_url(f"{d.url}/processes/{pid}")
+    await page.get_by_label("Name").focus()
+    await page.keyboard.type("Kay")
+    await page.keyboard.press("Enter")  # submits the form
+    await expect(page.locator('[role="status"]')).to_have_text("Resumed.")
+    assert d.problems == []
