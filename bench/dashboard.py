@@ -100,7 +100,6 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         "workflow": "/?workflow=bench_workflow_7",
                         "tasks": "/?kind=task",
                         "oldest first": "/?dir=asc",
-                        "by last modified": "/?sort=last_modified_at",
                         "search note word": "/?q=INC-4200",
                         "search common word": "/?q=ticket",
                         "failed, searched": "/?status=failed&q=INC-42",

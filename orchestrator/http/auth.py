@@ -117,6 +117,13 @@ class BearerTokenMiddleware:
     def _session(self, conn: HTTPConnection) -> bool:
         return valid_session(self.secret, conn.cookies.get(SESSION_COOKIE))
 
+    @staticmethod
+    def _browser_page(conn: HTTPConnection) -> bool:
+        """A browser asking for a page (not the API, not a scraper of `/metrics`): it is sent to the login page."""
+        path = conn.url.path
+        wants_html = "text/html" in conn.headers.get("accept", "")
+        return wants_html and not path.startswith("/api") and conn.scope["method"] in SAFE_METHODS
+
     def _http_allowed(self, conn: HTTPConnection) -> bool:
         scheme, _, credentials = conn.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and self._matches(credentials.strip()):
@@ -128,7 +135,7 @@ class BearerTokenMiddleware:
         if scope["type"] == "http" and not is_public(scope["path"]):
             conn = HTTPConnection(scope)
             if not self._http_allowed(conn):
-                if not scope["path"].startswith("/api") and scope["method"] in SAFE_METHODS:
+                if self._browser_page(conn):
                     target = quote(conn.url.path + (f"?{conn.url.query}" if conn.url.query else ""), safe="")
                     await RedirectResponse(f"{LOGIN_PATH}?next={target}", 303)(scope, receive, send)
                     return

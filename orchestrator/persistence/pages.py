@@ -9,7 +9,6 @@ prefix (a range of the primary key).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,8 +16,6 @@ from uuid import UUID
 
 import asyncpg
 
-SORT_COLUMNS: Mapping[str, str] = {"started_at": "p.started_at", "last_modified_at": "p.last_modified_at"}
-"""The orders a page may take; each has an index `(column DESC, pid)`."""
 MAX_PAGE_SIZE = 500
 _COLUMNS = """
     p.pid AS process_id, w.name AS workflow_name, w.target AS workflow_target, p.is_task, p.created_by,
@@ -38,10 +35,10 @@ class PageQuery:
     workflow: str | None = None
     is_task: bool | None = None
     search: str = ""
-    sort: str = "started_at"
     descending: bool = True
+    """Newest first (by start)."""
     after: tuple[datetime, UUID] | None = None
-    """The (sort value, pid) of the previous page's last row."""
+    """The (started_at, pid) of the previous page's last row."""
     size: int = 50
 
 
@@ -92,9 +89,7 @@ async def process_page(pool: asyncpg.Pool, query: PageQuery) -> tuple[list[dict[
     A search is a UNION of one bounded query per place the text may be found (each matching workflow, notes, ids),
     each taking the page's first rows from its own index, instead of one OR that PostgreSQL can only apply as a
     filter while it walks the whole list in order, which reads every row when few match."""
-    if query.sort not in SORT_COLUMNS:
-        raise ValueError(f"cannot sort by {query.sort!r}")
-    column = SORT_COLUMNS[query.sort]
+    column = "p.started_at"
     where = _Where()
     if query.statuses:
         where.clauses.append(f"p.last_status = ANY({where.param(list(query.statuses))}::text[])")

@@ -5,7 +5,7 @@ types its functions take and raise are re-exported here, so that a caller needs 
 """
 
 from orchestrator.persistence.errors import ValueRefusedError
-from orchestrator.persistence.pages import SORT_COLUMNS, PageQuery
+from orchestrator.persistence.pages import PageQuery
 from orchestrator.persistence.reads import PROCESS_FIELDS, Condition, Kind, Order, QueryError
 from orchestrator.persistence.stats import MetricsSnapshot
 from orchestrator.runtime.orchestrator import Orchestrator
@@ -57,7 +57,6 @@ __all__ = [
     "ENGINE_PAUSING",
     "ENGINE_RUNNING",
     "PROCESS_FIELDS",
-    "SORT_COLUMNS",
     "Condition",
     "Kind",
     "MetricsSnapshot",

@@ -11,7 +11,7 @@ from orchestrator.dsl.types import ProcessStatus, State, StepStatus
 from orchestrator.exceptions import ProcessNotFoundError
 from orchestrator.persistence import pages, reads, stats
 from orchestrator.persistence.pages import PageQuery
-from orchestrator.persistence.reads import Condition, Order, QueryError
+from orchestrator.persistence.reads import Condition, Order
 from orchestrator.persistence.records import StepRow, step_rows
 from orchestrator.runtime.orchestrator import Orchestrator, current
 from orchestrator.services.position import cleared, current_state, waiting_branch, waiting_step
@@ -109,12 +109,9 @@ async def process_page(
     query: PageQuery, *, orchestrator: Orchestrator | None = None
 ) -> tuple[list[dict[str, Any]], bool]:
     """One page of processes for people (keyset paging, indexed filters, no total): its rows and whether more
-    follow. Raises QueryError for an order it cannot take."""
+    follow."""
     orch = orchestrator or current()
-    try:
-        return await pages.process_page(orch.store.pool, query)
-    except ValueError as exc:
-        raise QueryError(str(exc)) from None
+    return await pages.process_page(orch.store.pool, query)
 
 
 async def process_summary(process_id: UUID, *, orchestrator: Orchestrator | None = None) -> dict[str, Any] | None:

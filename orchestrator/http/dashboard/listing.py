@@ -17,7 +17,7 @@ from orchestrator import services
 from orchestrator.dsl.types import ProcessStatus
 from orchestrator.http.context import context
 from orchestrator.http.dashboard.render import html_errors, page
-from orchestrator.services import SORT_COLUMNS, PageQuery, QueryError
+from orchestrator.services import PageQuery, QueryError
 
 PAGE_SIZES = (25, 50, 100, 200)
 KINDS = {"": None, "workflow": False, "task": True}
@@ -41,9 +41,6 @@ def parse_query(params: QueryParams) -> PageQuery:
     kind = params.get("kind", "")
     if kind not in KINDS:
         raise QueryError("kind must be workflow or task")
-    sort = params.get("sort", "started_at")
-    if sort not in SORT_COLUMNS:
-        raise QueryError(f"Cannot sort by {sort!r}; choose one of {', '.join(SORT_COLUMNS)}")
     direction = params.get("dir", "desc")
     if direction not in ("asc", "desc"):
         raise QueryError("dir must be asc or desc")
@@ -59,7 +56,6 @@ def parse_query(params: QueryParams) -> PageQuery:
         workflow=params.get("workflow") or None,
         is_task=KINDS[kind],
         search=params.get("q", "").strip()[:200],
-        sort=sort,
         descending=direction == "desc",
         after=_cursor(after) if after else None,
         size=size,
@@ -69,7 +65,7 @@ def parse_query(params: QueryParams) -> PageQuery:
 def _next_link(params: QueryParams, query: PageQuery, rows: list[dict[str, Any]]) -> str:
     last = rows[-1]
     kept = [(k, v) for k, v in params.multi_items() if k != "after"]
-    return "?" + urlencode([*kept, ("after", f"{last[query.sort].isoformat()}|{last['process_id']}")])
+    return "?" + urlencode([*kept, ("after", f"{last['started_at'].isoformat()}|{last['process_id']}")])
 
 
 async def _rows_context(request: Request) -> dict[str, Any]:
@@ -106,7 +102,6 @@ async def process_list(request: Request) -> Response:
             "statuses": STATUSES,
             "workflows": [w["name"] for w in workflows],
             "page_sizes": PAGE_SIZES,
-            "sorts": {"started_at": "Started", "last_modified_at": "Last modified"},
             "notice": "Deleted." if request.query_params.get("notice") == "deleted" else None,
         },
     )

@@ -84,7 +84,7 @@ async def test_bad_input_is_an_error_page(client: httpx.AsyncClient) -> None:
     cases = {
         "/?status=bogus": 400,
         "/?size=7": 400,
-        "/?sort=note": 400,
+        "/?dir=sideways": 400,
         "/?after=garbage": 400,
         "/processes/not-a-uuid": 422,
         "/processes/00000000-0000-0000-0000-000000000000": 404,
