@@ -100,18 +100,29 @@ def _set_csrf_cookie(request: Request, response: Response) -> None:
 
 
 class CsrfError(Exception):
-    pass
+    """A state-changing request without this browser's CSRF token, or from another origin."""
+
+
+MAX_FORM_FIELDS = 1000
+
+
+def _bad_form(message: str) -> InvalidRequestError:
+    return InvalidRequestError.at("body", msg=message, kind="form_invalid")
 
 
 async def _urlencoded(request: Request) -> FormData:
     """The dashboard's forms are urlencoded (no file uploads), which needs no multipart parser."""
     if request.headers.get("content-type", "").partition(";")[0].strip() != "application/x-www-form-urlencoded":
-        raise CsrfError
+        raise _bad_form("Expected a form (application/x-www-form-urlencoded)")
     try:
         text = (await request.body()).decode()
+        pairs: list[tuple[str, str | UploadFile]] = [
+            *parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+        ]
     except UnicodeDecodeError:
-        raise CsrfError from None
-    pairs: list[tuple[str, str | UploadFile]] = [*parse_qsl(text, keep_blank_values=True, max_num_fields=1000)]
+        raise _bad_form("The form is not UTF-8") from None
+    except ValueError:
+        raise _bad_form(f"A form has at most {MAX_FORM_FIELDS} fields") from None
     return FormData(pairs)
 
 
@@ -121,7 +132,9 @@ async def checked_form(request: Request) -> FormData:
     cookie = request.cookies.get(CSRF_COOKIE)
     offered = request.headers.get(CSRF_HEADER) or form.get(CSRF_FIELD)
     origin_ok = "origin" not in request.headers or same_origin(request)
-    if not cookie or not isinstance(offered, str) or not secrets.compare_digest(cookie, offered) or not origin_ok:
+    if not cookie or not isinstance(offered, str) or not origin_ok:
+        raise CsrfError
+    if not secrets.compare_digest(cookie.encode(), offered.encode()):
         raise CsrfError
     return form
 

@@ -101,6 +101,16 @@ async def test_bad_input_is_an_error_page(client: httpx.AsyncClient) -> None:
     assert too_long.status_code == 422 and "at most 5000" in too_long.text
     garbled = await client.post(f"/processes/{pid}/resume", data={"csrf": token, "_pages": "{"})
     assert garbled.status_code == 400
+    assert (await client.post(f"/processes/{pid}/note", data={"csrf": "tökén"})).status_code == 403
+    as_json = await client.post(f"/processes/{pid}/note", json={"csrf": token}, headers={"x-csrf-token": token})
+    assert as_json.status_code == 422
+    many = "&".join(f"f{i}=x" for i in range(1001))
+    crowded = await client.post(
+        f"/processes/{pid}/note",
+        content=f"csrf={token}&{many}",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert crowded.status_code == 422 and "at most 1000 fields" in crowded.text
 
 
 async def test_the_authorizer_decides_every_page_and_action(make_app: AppFactory) -> None:
