@@ -1,10 +1,10 @@
 -- The dashboard's process list reads a page along an index in start order (never a sort of the whole table), so
--- the first page stays fast at millions of rows; ascending pages scan the same index backwards. Status filters,
--- the views operators use most (failed, suspended), have their own; the workflow and task filters use the
--- single-column indexes of 0001. Every index here costs each step's UPDATE of its process an entry (the update
--- changes the indexed lease, so it is never HOT): hence only these.
+-- the first page stays fast at millions of rows; ascending pages scan the same index backwards. Its status,
+-- workflow and task filters use the single-column indexes of 0001 (PostgreSQL walks this index while a filter
+-- matches often, or gathers the few rows that match and sorts them). Every index of `processes` costs each step's
+-- UPDATE of its process an entry (the update changes the indexed lease, so it is never HOT): hence only this one
+-- (`python -m bench.dashboard_indexes` measures the cost).
 CREATE INDEX IF NOT EXISTS dashboard_processes_started ON processes (started_at DESC, pid);
-CREATE INDEX IF NOT EXISTS dashboard_processes_status_started ON processes (last_status, started_at DESC, pid);
 
 -- Note search: a trigram index over the processes that have a note (partial, so a step's update of a process
 -- without one adds nothing to it), where PostgreSQL has the pg_trgm extension (contrib). The embedded server
