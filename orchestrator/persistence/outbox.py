@@ -1,8 +1,10 @@
 """The transactional outbox of distributed mode: a dispatch is an `outbox` row written in the transaction of the
 status change that needs it, so the two commit together or not at all; a relay publishes the rows and deletes them.
 
-Once a transaction holding outbox rows has committed, `OUTBOX_CHANNEL` is NOTIFYed (once, however many rows it
-holds) to wake the relays of the other instances; they also poll, so a lost notification only delays.
+Once a transaction holding outbox rows has committed, the program that wrote them wakes its own relay; only when
+that relay is not publishing is `OUTBOX_CHANNEL` NOTIFYed (`announce_outbox`), to wake the relays of the other
+instances: each woken relay runs a drain, which finds nothing when the writer's relay was first. Relays also
+poll, so a lost notification only delays.
 """
 
 from __future__ import annotations
@@ -43,9 +45,9 @@ class OutboxStatements(Statements):
     async def enqueue_dispatch(self, tx: Transaction, *, queue: str, actor: str, pid: UUID, run_by: str) -> None:
         """Write a dispatch of `actor` for the process to `queue`, committed with `tx`."""
         await tx.conn.execute(_ENQUEUE, queue, actor, pid, run_by)
-        tx.on_commit_once(self._notify_relays)
 
-    def _notify_relays(self) -> None:
+    def announce_outbox(self) -> None:
+        """Wake the relays of every instance (a NOTIFY, sent with the next batch of events)."""
         self.events.publish({}, channel=OUTBOX_CHANNEL)
 
     @asynccontextmanager

@@ -11,7 +11,7 @@ from typing import Any
 from uuid import UUID
 
 from orchestrator.dsl.types import ProcessStatus, State
-from orchestrator.persistence.records import Lease, NewProcess, ProcessRef
+from orchestrator.persistence.records import Dispatch, Lease, NewProcess, ProcessRef
 from orchestrator.persistence.statements import Statements
 from orchestrator.persistence.transaction import Transaction
 
@@ -35,6 +35,8 @@ WITH p AS (
  RETURNING pid, fencing_token
 ), i AS (
     INSERT INTO input_states (pid, input_state, input_type) SELECT pid, $5, 'initial_state' FROM p
+), o AS (
+    INSERT INTO outbox (queue, actor, pid, run_by) SELECT $8, $9, pid, $3 FROM p WHERE $8::varchar IS NOT NULL
 )
 SELECT fencing_token FROM p
 """
@@ -105,13 +107,27 @@ _STATUSES = "SELECT pid, last_status FROM processes WHERE pid = ANY($1::uuid[])"
 
 
 class ProcessStatements(Statements):
-    async def create_process(self, tx: Transaction, process: NewProcess, lease: Lease | None = None) -> int | None:
-        """Insert a process and its initial input (the transaction's last statement): `created`, or with a lease
-        already `running`, claimed by the lease's owner, who gets the claim once it has committed. Return the
-        fencing token of that claim (0 without a lease); None, and nothing written, if the engine is paused."""
+    async def create_process(
+        self, tx: Transaction, process: NewProcess, slot: Lease | Dispatch | None = None
+    ) -> int | None:
+        """Insert a process and its initial input (the transaction's last statement): `created`, with a `Dispatch`
+        its outbox row too, or with a `Lease` already `running`, claimed by the lease's owner, who gets the claim
+        once it has committed. Return the fencing token of that claim (0 without a lease); None, and nothing
+        written, if the engine is paused."""
+        lease = slot if isinstance(slot, Lease) else None
         owner, ttl = (lease.owner, lease.ttl) if lease else (None, None)
+        queue, actor = (slot.queue, slot.actor) if isinstance(slot, Dispatch) else (None, None)
         token: int | None = await tx.fetchval_last(
-            _CREATE, process.pid, process.workflow_id, process.user, process.is_task, process.initial_state, owner, ttl
+            _CREATE,
+            process.pid,
+            process.workflow_id,
+            process.user,
+            process.is_task,
+            process.initial_state,
+            owner,
+            ttl,
+            queue,
+            actor,
         )
         if token is None:
             return None

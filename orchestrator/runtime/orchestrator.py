@@ -188,7 +188,7 @@ class _DispatchOnly:
 
     kind = "none"
 
-    def reserve(self, tx: object) -> Lease | None:
+    def reserve(self, tx: object, process: object) -> Lease | None:
         return None
 
     async def start(self, tx: object, process: object) -> None:

@@ -2,9 +2,10 @@
 deletes them.
 
 A dispatch is an outbox row written in the transaction of the status change that needs it, and once that
-transaction has committed `OUTBOX_CHANNEL` is NOTIFYed. So a dispatch exists if and only if the change committed,
-and publishing is not on the request path: the relay LISTENs for the notification (`persistence/listener.py`),
-and also polls, because a notification is lost while its LISTEN connection is down.
+transaction has committed the writer's own relay is woken (or, when it is not `publishing`, every relay by a
+NOTIFY on `OUTBOX_CHANNEL`). So a dispatch exists if and only if the change committed, and publishing is not on
+the request path: the relay LISTENs for the notification (`persistence/listener.py`), and also polls, because a
+notification is lost while its LISTEN connection is down.
 
 One drain is one transaction (`Store.outbox_batch`): lock a batch (`FOR UPDATE SKIP LOCKED`), publish it with
 publisher confirms, delete it, commit.
@@ -69,7 +70,13 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._outages: dict[str, float] = {}  # "broker" / "database" -> since (monotonic)
+        self._running = False
         self.published = 0  # rows published and deleted by this relay: for metrics and tests
+
+    @property
+    def publishing(self) -> bool:
+        """Running, not stopping, and neither the broker nor the database known to be down: a `wake()` publishes."""
+        return self._running and not self._stopping.is_set() and not self._outages
 
     def wake(self) -> None:
         """Drain now (call after committing outbox rows in this process; saves the NOTIFY round trip)."""
@@ -93,6 +100,7 @@ class OutboxRelay:
         )
         await listener.start()
         backoff = 0.0
+        self._running = True
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
@@ -106,6 +114,7 @@ class OutboxRelay:
                     backoff = 0.0
                     await self._wait(self._wake, self._poll_interval)
         finally:
+            self._running = False
             await listener.stop()
 
     async def drain(self) -> int:
