@@ -60,14 +60,7 @@ class EventHub:
     def __init__(self, dsn: str, *, queue_size: int = 256, check_interval: float = 5.0) -> None:
         self.queue_size = queue_size
         self._subscribers: set[Subscription] = set()
-        self._listener = Listener(
-            dsn,
-            EVENTS_CHANNEL,
-            self._on_notify,
-            on_listening=self._on_listening,
-            application_name=APPLICATION_NAME,
-            check_interval=check_interval,
-        )
+        self._listener = Listener(dsn, application_name=APPLICATION_NAME, check_interval=check_interval)
 
     def subscribe(self) -> Subscription:
         """A new subscriber; every subscribe must be paired with `unsubscribe`."""
@@ -106,7 +99,9 @@ class EventHub:
 
     async def start(self) -> None:
         """LISTEN (failing if the database cannot be reached now), then keep listening in the background."""
-        await self._listener.start(require_connection=True)
+        await self._listener.subscribe(
+            EVENTS_CHANNEL, self._on_notify, on_listening=self._on_listening, require_connection=True
+        )
 
     async def stop(self) -> None:
         self.close_subscriptions()

@@ -29,8 +29,12 @@ WITH waiting AS (
 INSERT INTO outbox (queue, actor, pid, run_by) SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM waiting)
 """
 
-_SELECT = "SELECT id, queue, actor, pid, run_by FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
-_DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
+# Deleted as they are locked, in one statement: the rows stay locked until the drain's transaction ends, and come
+# back if it rolls back.
+_TAKE = """
+DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+RETURNING id, queue, actor, pid, run_by
+"""
 
 
 class OutboxRow(NamedTuple):
@@ -52,10 +56,7 @@ class OutboxStatements(Statements):
 
     @asynccontextmanager
     async def outbox_batch(self, limit: int) -> AsyncIterator[list[OutboxRow]]:
-        """Lock the `limit` oldest rows no other relay holds, in one transaction: deleted when the block returns
+        """The `limit` oldest rows no other relay holds, in one transaction: deleted when the block returns
         (commit), kept for the next try when it raises (rollback)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = [OutboxRow(*row) for row in await conn.fetch(_SELECT, limit)]
-            yield rows
-            if rows:
-                await conn.execute(_DELETE, [row.id for row in rows])
+            yield sorted(OutboxRow(*row) for row in await conn.fetch(_TAKE, limit))

@@ -32,7 +32,6 @@ from brokers.dramatiq import encode_message
 from brokers.rabbitmq import BrokerRejectedError, BrokerUnavailableError
 from orchestrator.persistence.database import DATABASE_DOWN
 from orchestrator.persistence.events import OUTBOX_CHANNEL
-from orchestrator.persistence.listener import Listener
 from orchestrator.persistence.store import Store
 
 log = structlog.get_logger(__name__)
@@ -45,8 +44,8 @@ class BatchPublisher(Protocol):
 class OutboxRelay:
     """Drains the outbox on NOTIFY, on `wake()` and every `poll_interval` seconds, until `stop()`.
 
-    Its LISTEN connection is lent by the store's pool for the relay's lifetime, so the pool needs a second
-    connection for the drains.
+    It LISTENs on the store's shared connection (`Store.listener`), lent by the store's pool for the relay's
+    lifetime, so the pool needs a second connection for the drains.
     """
 
     def __init__(
@@ -90,15 +89,8 @@ class OutboxRelay:
     async def run(self) -> None:
         """Drain until `stop()`; never raises because of a broker or database outage. A relay runs once."""
         # After each (re)connect: drain, as notifications sent while not listening are gone.
-        listener = Listener(
-            self._store.pool,
-            OUTBOX_CHANNEL,
-            lambda _payload: self.wake(),
-            on_listening=self.wake,
-            min_backoff=self._min_backoff,
-            max_backoff=self._max_backoff,
-        )
-        await listener.start()
+        listener = self._store.listener
+        subscription = await listener.subscribe(OUTBOX_CHANNEL, lambda _payload: self.wake(), on_listening=self.wake)
         backoff = 0.0
         self._running = True
         try:
@@ -115,7 +107,7 @@ class OutboxRelay:
                     await self._wait(self._wake, self._poll_interval)
         finally:
             self._running = False
-            await listener.stop()
+            await listener.unsubscribe(subscription)
 
     async def drain(self) -> int:
         """Publish and delete batches until one is not full; return how many rows were published."""
