@@ -92,6 +92,11 @@ class Listener:
                 on_listening()
         return subscription
 
+    @property
+    def server_pid(self) -> int | None:
+        """The PostgreSQL backend of the listening connection; None while not connected."""
+        return None if self._conn is None else int(self._conn.get_server_pid())
+
     async def unsubscribe(self, subscription: Subscription) -> None:
         with suppress(ValueError):
             self._subscriptions.remove(subscription)
