@@ -10,13 +10,18 @@ from uuid import UUID
 
 import orjson
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from orchestrator.http.auth import REPORTER_MAX_LENGTH
-from orchestrator.http.problems import InvalidRequestError, plain_errors
+from orchestrator.http.problems import MAX_ECHO, InvalidRequestError, plain_errors
 from orchestrator.http.routing import Param, adapter
 
+MAX_JSON_INT = 2**63 - 1
+"""orjson parses integers of 64 bits; typed numbers are bounded by it in the schema."""
+
 PROCESS_ID = Param("process_id", "path", {"type": "string", "format": "uuid"}, "The process id", required=True)
+WORKFLOW_KEY = Param("workflow_key", "path", {"type": "string"}, "The workflow's key", required=True)
 REPORTER = Param("reporter", "query", {"type": "string", "maxLength": REPORTER_MAX_LENGTH}, "Who to record as the user")
 
 
@@ -30,8 +35,24 @@ def path_uuid(request: Request, name: str) -> UUID:
         ) from None
 
 
+def is_json(content_type: str | None) -> bool:
+    """No content type (curl without -H) counts as JSON; otherwise application/json or a `+json` type."""
+    if content_type is None:
+        return True
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def unsupported_media_type(content_type: str | None, accepted: str = "application/json") -> HTTPException:
+    shown = (content_type or "")[:MAX_ECHO]
+    return HTTPException(415, f"The body must be {accepted}, not {shown!r}")
+
+
 async def json_body(request: Request, model: Any) -> Any:
     """The body, parsed as JSON and validated against `model` (the operation's declared body type)."""
+    content_type = request.headers.get("content-type")
+    if not is_json(content_type):
+        raise unsupported_media_type(content_type)
     raw = await request.body()
     if not raw.strip():
         raise InvalidRequestError.at("body", msg="Field required", kind="missing", detail="A JSON body is required")
