@@ -5,6 +5,7 @@ operation's declared body type.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from uuid import UUID
 
@@ -19,6 +20,12 @@ from orchestrator.http.routing import Param, adapter
 
 MAX_JSON_INT = 2**63 - 1
 """orjson parses integers of 64 bits; typed numbers are bounded by it in the schema."""
+
+
+def integral(value: Any) -> Any:
+    """JSON Schema counts `3.0` as an integer: a strict int field takes it as 3."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
 
 PROCESS_ID = Param("process_id", "path", {"type": "string", "format": "uuid"}, "The process id", required=True)
 WORKFLOW_KEY = Param("workflow_key", "path", {"type": "string"}, "The workflow's key", required=True)
@@ -59,9 +66,14 @@ async def json_body(request: Request, model: Any) -> Any:
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidRequestError.at(
-            "body", msg=f"Invalid JSON: {exc}", kind="json_invalid", detail="The body is not valid JSON"
-        ) from None
+        try:
+            json.loads(raw)
+        except (ValueError, RecursionError):
+            raise InvalidRequestError.at(
+                "body", msg=f"Invalid JSON: {exc}", kind="json_invalid", detail="The body is not valid JSON"
+            ) from None
+        # Valid JSON that cannot be stored (a lone surrogate, a number beyond a double).
+        raise HTTPException(400, f"The body holds a value this server cannot store: {exc}") from None
     try:
         return adapter(model).validate_python(value)
     except ValidationError as exc:

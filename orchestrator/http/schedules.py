@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -19,14 +19,14 @@ from orchestrator import services
 from orchestrator.http.auth import user_model
 from orchestrator.http.context import context
 from orchestrator.http.models import Epoch, JSONObject
-from orchestrator.http.params import MAX_JSON_INT, json_body, path_uuid
+from orchestrator.http.params import MAX_JSON_INT, integral, json_body, path_uuid
 from orchestrator.http.routing import Api, Body, Param, Reply, json_reply
 
 api = Api("schedules")
 
 Trigger = Literal["interval", "cron", "date"]
 Units = Annotated[StrictFloat, Field(ge=0, le=MAX_JSON_INT)]
-CronField = StrictStr | Annotated[StrictInt, Field(ge=-MAX_JSON_INT, le=MAX_JSON_INT)]
+CronField = StrictStr | Annotated[StrictInt, BeforeValidator(integral), Field(ge=-MAX_JSON_INT, le=MAX_JSON_INT)]
 Text = Annotated[StrictStr, Field(max_length=255)]
 
 

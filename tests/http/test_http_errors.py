@@ -112,3 +112,11 @@ async def test_api_token(make_app: AppFactory, settings: AppSettings) -> None:
         assert ok.status_code == 200
         started = await client.post("/api/processes/tf_simple", json=[{}], headers={"Authorization": "bearer s3cret"})
         assert started.status_code == 201
+
+
+async def test_json_this_server_cannot_store_is_a_400(client: httpx.AsyncClient) -> None:
+    """Valid JSON that fits the schema but that PostgreSQL's jsonb cannot hold is refused as such (400), apart from
+    a body that is not JSON at all (422)."""
+    for body in (b'[{"x": "\\ud800"}]', b'[{"x": 1e400}]'):
+        assert "cannot store" in problem(await client.post("/api/processes/tf_simple", content=body), 400)["detail"]
+    problem(await client.post("/api/processes/tf_simple", content=b"[{"), 422)
