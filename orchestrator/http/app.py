@@ -12,6 +12,7 @@ from starlette.routing import WebSocketRoute
 
 from orchestrator.http import (
     dashboard,
+    docs,
     engine_settings,
     health,
     live,
@@ -49,9 +50,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     if ctx.given is None:
         ctx.opened = await Orchestrator(ctx.settings).open()
     try:
-        location = ctx.orchestrator.location
-        assert location is not None
-        ctx.hub = EventHub(location.dsn)
+        ctx.hub = EventHub(ctx.orchestrator.store.listener)
         await ctx.hub.start()
         try:
             yield
@@ -83,6 +82,7 @@ def create_app(
         routes=[
             *build_routes(operations),
             WebSocketRoute(live.WEBSOCKET_PATH, live.events_websocket),
+            *docs.ROUTES,
             *dashboard.routes(),
         ],
         middleware=middleware,
