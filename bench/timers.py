@@ -3,7 +3,9 @@ the servers as real subprocesses (`orchestrator serve`; with `dramatiq`, also K 
 workers), each program running its timer loop:
 
 * wake-up lateness: N processes sleep at once, their due times spread over `--spread` seconds; lateness is from
-  each due time to the step after the sleep starting (p50/p99);
+  each due time to the step after the sleep starting (p50/p99). They are started with due times a day away, so
+  that however slowly a loaded machine starts them all are asleep before the first is due; once they are, their
+  timers and wake-up times are moved forward by one amount (as a clock jumping);
 * CPU while they sleep: the servers' (and their PostgreSQL backends') CPU seconds over `--idle` seconds with the
   N sleepers, against the same period before any was started (an idle engine);
 * schedule ticks: S interval schedules of one second, created over REST; ticks fired per second over
@@ -31,17 +33,26 @@ from bench.load import JSON_HEADERS
 from bench.processes import Launcher, Stack, http_client
 from bench.resources import Resources
 from bench.scenarios import percentiles
+from orchestrator.persistence.timers import TIMERS_CHANNEL
 from orchestrator.settings import load_settings
 
 MODES = ("threadpool", "dramatiq")
 FLOWS = "bench.timer_flows"
 CONCURRENCY = 32
+DAY = 86_400.0
 
 _LATENESS = f"""{MARK}
 SELECT (w.state->>'woke_at')::float8 - extract(epoch FROM (s.state->>'__sleep_until')::timestamptz) AS late
   FROM process_steps w JOIN process_steps s ON s.pid = w.pid
  WHERE w.name = 'Woke' AND s.name = 'Sleep'
 """
+_SHIFT = (
+    f"{MARK} UPDATE process_timers SET due_at = due_at - make_interval(secs => $1)",
+    f"""{MARK} UPDATE process_steps
+   SET state = jsonb_set(state, '{{__sleep_until}}',
+                         to_jsonb((state->>'__sleep_until')::timestamptz - make_interval(secs => $1)))
+ WHERE state ? '__sleep_until'""",
+)
 _BACKENDS = f"{MARK} SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
 
 
@@ -70,13 +81,15 @@ async def bench(mode: str, args: argparse.Namespace) -> dict[str, Any]:
 async def _measure(stack: Stack, conn: Any, args: argparse.Namespace) -> dict[str, Any]:
     assert stack.api_url is not None
     idle_engine = await _cpu_over(stack, conn, args.idle)
-    lead = args.idle + 30.0 + args.count / 40  # every sleeper is asleep before the first is due
-    first_due = time.time() + lead
-    await _start_sleepers(stack.api_url, args.count, first_due, args.spread)
-    asleep = await _all_asleep(conn, args.count, first_due)
-    if time.time() + args.idle >= first_due:
-        raise BenchError(f"only {asleep} of {args.count} sleepers asleep in time: no quiet window to measure")
+    far = time.time() + DAY
+    await _start_sleepers(stack.api_url, args.count, far, args.spread)
+    asleep = await _all_asleep(conn, args.count)
     while_sleeping = await _cpu_over(stack, conn, args.idle)
+    shift = far - (time.time() + 2.0)  # the first is due two seconds from now
+    async with conn.transaction():  # the timers and the wake-up times in the state that a timer is checked against
+        for statement in _SHIFT:
+            await conn.execute(statement, shift)
+    await conn.execute(f"{MARK} SELECT pg_notify($1, $2)", TIMERS_CHANNEL, json.dumps({"due": far - shift}))
     await _all_completed(conn)
     lateness = percentiles([r["late"] for r in await conn.fetch(_LATENESS)])
     ticks = await _ticks(stack.api_url, conn, args.schedules, args.ticks_for)
@@ -118,13 +131,15 @@ async def _start_sleepers(api_url: str, count: int, first_due: float, spread: fl
         await asyncio.gather(*(one(i) for i in range(count)))
 
 
-async def _all_asleep(conn: Any, count: int, first_due: float) -> int:
-    """Poll until `count` timers exist (every sleeper waits) or the first is due; return how many were asleep."""
-    asleep = 0
-    while asleep < count and time.time() < first_due:
-        asleep = int(await conn.fetchval(f"{MARK} SELECT count(*) FROM process_timers"))
+async def _all_asleep(conn: Any, count: int) -> int:
+    """Poll until `count` timers exist (every sleeper waits); return how many are asleep."""
+    query = f"{MARK} SELECT count(*) FROM process_timers"
+    for _ in range(3600):
+        asleep = int(await conn.fetchval(query))
+        if asleep >= count:
+            return asleep
         await asyncio.sleep(0.5)
-    return asleep
+    raise BenchError(f"only {asleep} of {count} sleepers asleep after 30 minutes")
 
 
 async def _all_completed(conn: Any) -> None:
@@ -163,6 +178,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     for mode in modes:
         note(f"time bench, {mode} mode: {args.count} sleepers, {args.schedules} schedules")
         results.append(await bench(mode, args))
+        note(json.dumps(results[-1]))  # on stderr as soon as it is known: a later mode may fail
     return {"commit": _commit(), "runs": results}
 
 
