@@ -98,11 +98,17 @@ class Server:
             self.popen.wait()
 
 
-def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Server:
+def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path, cwd: Path | None = None) -> Server:
     log_path = log_dir / f"{name}.log"
     with log_path.open("ab") as log:
         popen = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-            args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            args,
+            env=env,
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     return Server(name, popen, log_path)
 

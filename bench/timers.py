@@ -18,7 +18,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from bench.database import _create_database, with_database
+from bench.database import create_database, with_database
 from bench.scenarios import percentiles
 from orchestrator import log, services
 from orchestrator.dsl.forms import FormPage
@@ -68,7 +68,7 @@ async def _idle_cpu(seconds: float) -> float:
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     name = f"bench_time_{uuid.uuid4().hex[:8]}"
-    drop = await _create_database(ADMIN_URI, name)
+    drop = await create_database(ADMIN_URI, name)
     try:
         settings = load_settings(DATABASE_URI=with_database(ADMIN_URI, name), LOG_LEVEL="WARNING", MAX_WORKERS=64)
         async with Orchestrator(settings, registry=_registry()) as orch:
