@@ -119,6 +119,11 @@ def print_table(results: dict[str, Any], json_path: Path | None) -> None:
     loops = results["cpu_loop_s"]
     print(f"CPU speed: a 10-million-iteration Python loop took {', '.join(f'{s:.2f}' for s in loops)} s (per round)")
     print(table(results))
+    for i, measured in enumerate(results["rounds"], 1):
+        for system, scenarios in measured.items():
+            for name, result in scenarios.items():
+                if result["errors"]:
+                    print(f"round {i}, {system}, {name}: {result['errors']} errors, e.g. {result['error_samples'][:1]}")
     print(json.dumps(results, default=str))
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
