@@ -48,6 +48,7 @@ from orchestrator.settings import load_settings
 
 REFERENCE_REQUIREMENT = "orchestrator-core==5.5.*"
 APP_DIR = Path(__file__).resolve().parent / "reference_app"
+ROUND_ATTEMPTS = 3
 DEFAULT_VENV = Path.home() / ".cache" / "orchestrator-bench" / "ref-venv"
 REFERENCE_ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
 """The only variables of the bench's environment orchestrator-core's API sees: our settings (MAX_WORKERS,
@@ -257,14 +258,18 @@ async def run_reference(options: ReferenceOptions) -> dict[str, Any]:
         ref_launcher = ReferenceLauncher(python, ref_db.dsn, run_id, log_dir)
         systems.append(await open_system("orchestrator-core", ref_db, ref_launcher, scenario_options))
         for round_no in range(options.repeat):
-            try:
-                results["rounds"].append(await run_round(systems, round_no, options, scenario_options.warmup))
-            except (BenchError, OSError, asyncpg.PostgresError) as exc:  # the rounds measured are still reported
-                if not results["rounds"]:
-                    raise
-                note(f"round {round_no + 1} failed, reporting the rounds before it: {exc}")
-                break
+            for attempt in range(1, ROUND_ATTEMPTS + 1):
+                try:
+                    results["rounds"].append(await run_round(systems, round_no, options, scenario_options.warmup))
+                    break
+                except (BenchError, OSError, asyncpg.PostgresError) as exc:
+                    # A shared PostgreSQL at its max_connections fails orchestrator-core's runs (it opens a
+                    # connection per thread): the round is run again rather than the whole run lost.
+                    note(f"round {round_no + 1}, attempt {attempt} failed: {str(exc).splitlines()[0]}")
+                    results["failed_attempts"] = results.get("failed_attempts", 0) + 1
             results["cpu_loop_s"].append(await asyncio.to_thread(cpu_loop_seconds))
+        if not results["rounds"]:
+            raise BenchError("no round completed")
     finally:
         for system in systems:
             system.launcher.kill_all()
