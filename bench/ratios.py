@@ -108,6 +108,13 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def save_partial(results: dict[str, Any], json_path: Path) -> None:
+    """The rounds so far, summarised, into `json_path.partial` (replaced by `json_path` when the run ends)."""
+    partial = {**results, "summary": summarise(results["rounds"])}
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.with_suffix(json_path.suffix + ".partial").write_text(json.dumps(partial, indent=2, default=str))
+
+
 def print_table(results: dict[str, Any], json_path: Path | None) -> None:
     options = results["options"]
     counts = options["counts"]

@@ -40,7 +40,7 @@ from bench.database import (
 )
 from bench.options import Options
 from bench.processes import Launcher, Stack, free_port, spawn
-from bench.ratios import REFERENCE_SCENARIOS, cpu_loop_seconds, print_table, summarise
+from bench.ratios import REFERENCE_SCENARIOS, cpu_loop_seconds, print_table, save_partial, summarise
 from bench.report import machine_info
 from bench.resources import Resources
 from bench.scenarios import Scenarios, Window
@@ -268,6 +268,8 @@ async def run_reference(options: ReferenceOptions) -> dict[str, Any]:
                     note(f"round {round_no + 1}, attempt {attempt} failed: {str(exc).splitlines()[0]}")
                     results["failed_attempts"] = results.get("failed_attempts", 0) + 1
             results["cpu_loop_s"].append(await asyncio.to_thread(cpu_loop_seconds))
+            if options.json_path is not None:  # what a run interrupted later still leaves
+                save_partial(results, options.json_path)
         if not results["rounds"]:
             raise BenchError("no round completed")
     finally:
