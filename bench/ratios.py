@@ -31,6 +31,17 @@ def _api_rss(measured: dict[str, Any]) -> float:
     return max(peaks)
 
 
+def _api_cpu_ms(scenario: str) -> Callable[[dict[str, Any]], float]:
+    """The API's CPU per process of `scenario` (ms): what the machine's load does not change as much as the rates."""
+
+    def value(measured: dict[str, Any]) -> float:
+        result = measured[scenario]
+        cpu = sum(float(server["cpu_s"]) for server in result["servers"].values())
+        return 1000 * cpu / max(int(result["n"]), 1)
+
+    return value
+
+
 @dataclass(frozen=True)
 class Row:
     label: str
@@ -49,6 +60,8 @@ ROWS = (
     Row("resumes, to completed", "/s", lambda m: m["resume"]["throughput"], True, 25),
     Row("a lone process, created -> completed, p50", "ms", lambda m: m["latency"]["latency_ms"]["p50"], False, 20),
     Row("API peak RSS", "MB", _api_rss, False, None, 100),
+    Row("API CPU per start", "ms", _api_cpu_ms("threadpool"), False),
+    Row("API CPU per resume", "ms", _api_cpu_ms("resume"), False),
 )
 
 

@@ -11,12 +11,13 @@ from typing import Any
 from bench.ratios import OURS, REFERENCE, summarise, table
 
 
-def _side(starts: float, resumes: float, p50: float, rss: float) -> dict[str, Any]:
+def _side(starts: float, resumes: float, p50: float, rss: float, cpu_s: float = 1.0) -> dict[str, Any]:
     def scenario(throughput: float, p50_ms: float = 1.0) -> dict[str, Any]:
         return {
             "throughput": throughput,
             "latency_ms": {"p50": p50_ms},
-            "servers": {"api": {"cpu_s": 1.0, "peak_rss_mb": rss}},
+            "n": 100,
+            "servers": {"api": {"cpu_s": cpu_s, "peak_rss_mb": rss}},
         }
 
     return {
@@ -29,7 +30,7 @@ def _side(starts: float, resumes: float, p50: float, rss: float) -> dict[str, An
 
 def test_ratios_are_per_round_with_their_spread_and_budgets() -> None:
     rounds = [
-        {OURS: _side(400, 300, 5.0, 60), REFERENCE: _side(10, 10, 150.0, 350)},
+        {OURS: _side(400, 300, 5.0, 60, cpu_s=0.2), REFERENCE: _side(10, 10, 150.0, 350, cpu_s=9.0)},
         {OURS: _side(300, 200, 6.0, 62), REFERENCE: _side(6, 10, 90.0, 351)},
     ]
     summary = {row["scenario"]: row for row in summarise(rounds)}
@@ -41,6 +42,8 @@ def test_ratios_are_per_round_with_their_spread_and_budgets() -> None:
     assert lone["ratios"] == [30.0, 15.0]  # lower is better: reference / ours
     memory = summary["API peak RSS"]
     assert memory["ours"] == [60.0, 62.0] and memory["met"] is True
+    cpu = summary["API CPU per start"]
+    assert cpu["ours"][0] == 2.0 and cpu["reference"][0] == 90.0 and cpu["ratios"][0] == 45.0  # ms per process
     text = table({"rounds": rounds, "summary": list(summary.values())})
     assert "| starts, threadpool, to completed | 8.0 (6.0-10.0) /s | 350.0 (300.0-400.0) /s |" in text
     assert "**45.0 (40.0-50.0)x** | >= 40x met |" in text
