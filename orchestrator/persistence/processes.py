@@ -153,8 +153,9 @@ class ProcessStatements(Statements):
         row = await tx.fetchrow_last(_RESUME, pid, seen_status, user, user_input, owner, ttl, seen_token)
         if row is None:
             return False
-        self._announce(tx, pid, "running" if lease else "resumed")
+        self._announce(tx, pid, "resumed")  # subscribers see a resume as such, claimed at once or not
         if lease is not None:
+            self._announce(tx, pid, "running")
             claim = Claim(
                 pid=pid,
                 token=row["fencing_token"],
