@@ -150,7 +150,7 @@ async def resume_process(
         # A free run slot saves the claim's statement and the reload of the steps: the process goes straight to
         # `running` under this runner's lease (not while awaiting a callback: progress reports change its step
         # state in place, so the rows read above could be stale).
-        lease = orch.executor.reserve(tx) if status != ProcessStatus.AWAITING_CALLBACK else None
+        lease = orch.executor.lease_slot(tx) if status != ProcessStatus.AWAITING_CALLBACK else None
         if lease is None:
             await orch.executor.resume(tx, ProcessRef(process_id, row["is_task"], row["workflow_target"], user))
         # The engine lock is checked by the resume statement itself: no resume slips past a pause.
