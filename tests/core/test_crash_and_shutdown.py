@@ -168,3 +168,36 @@ async def test_a_fenced_out_runner_cannot_commit(orch: Orchestrator) -> None:
     )
     assert ok is False
     assert ("late", "success") not in await step_rows(orch.store.pool, pid)
+
+
+async def test_lease_renewal_skips_a_row_being_written_instead_of_waiting(orch: Orchestrator) -> None:
+    """A renewal that waited on a row lock held by a batch of step writes could close a deadlock cycle; it
+    renews the rows it can take now and leaves the locked one to the next renewal."""
+    pool = orch.store.pool
+    workflow_id = await pool.fetchval(
+        "INSERT INTO workflows (name, target, description) VALUES ('leased', 'SYSTEM', '') RETURNING workflow_id"
+    )
+    free, locked = uuid4(), uuid4()
+    for pid in (free, locked):
+        await pool.execute(
+            "INSERT INTO processes (pid, workflow_id, last_status, created_by, is_task, assignee, lease_owner,"
+            " lease_expires_at) VALUES ($1, $2, 'running', 'u', false, 'SYSTEM', 'me', now() + interval '1 second')",
+            pid,
+            workflow_id,
+        )
+    async with pool.acquire() as writer, writer.transaction():
+        await writer.execute("SELECT 1 FROM processes WHERE pid = $1 FOR UPDATE", locked)
+        await asyncio.wait_for(orch.store.claims.renew_leases("me", [free, locked], 3600), 30)
+    leases = {
+        r["pid"]: r["renewed"]
+        for r in await pool.fetch(
+            "SELECT pid, lease_expires_at > now() + interval '1 minute' AS renewed FROM processes WHERE pid = ANY($1)",
+            [free, locked],
+        )
+    }
+    assert leases == {free: True, locked: False}
+    await orch.store.claims.renew_leases("me", [free, locked], 3600)
+    assert await pool.fetchval(
+        "SELECT bool_and(lease_expires_at > now() + interval '1 minute') FROM processes WHERE pid = ANY($1)",
+        [free, locked],
+    )
