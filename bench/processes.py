@@ -135,6 +135,7 @@ class Launcher:
     def __init__(self, settings: Any, dsn: str, run_id: str, workers: int, log_dir: Path) -> None:
         self.settings, self.dsn, self.run_id, self.workers, self.log_dir = settings, dsn, run_id, workers, log_dir
         self.prefix = f"bench_{run_id}"
+        self.modules = WORKFLOWS_MODULE
         self.live: list[Server] = []
         self.own_statements = 0
 
@@ -155,7 +156,7 @@ class Launcher:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
         env.update(
             DATABASE_URI=self.dsn,
-            WORKFLOW_MODULES=WORKFLOWS_MODULE,
+            WORKFLOW_MODULES=self.modules,
             EXECUTOR=executor,
             MIGRATE_ON_START="false",
             **self.queues(),
@@ -203,6 +204,12 @@ class Launcher:
             stack.servers.append(self._spawn("shim", [py, "-m", "orchestrator.cli", "celery-shim"], "dramatiq"))
         await self._wait_ready(stack, layout)
         return stack
+
+    def respawn(self, server: Server, executor: str = "dramatiq") -> Server:
+        """The same command again (after a kill), under the same name."""
+        if server in self.live:
+            self.live.remove(server)
+        return self._spawn(server.name, list(server.popen.args), executor)  # type: ignore[arg-type]
 
     async def _wait_ready(self, stack: Stack, layout: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

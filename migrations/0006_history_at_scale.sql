@@ -34,3 +34,47 @@ SELECT 0, width_bucket(-secs, '{-1800,-300,-60,-30,-10,-5,-2.5,-1,-0.5,-0.25,-0.
   FROM (SELECT extract(epoch FROM completed_at - started_at)::float8 AS secs FROM process_steps) d
  GROUP BY 2
     ON CONFLICT (shard, bucket) DO NOTHING;
+
+-- Processes by status and kind, for /metrics and the status counts: kept by triggers, so that every writer (ours,
+-- an orchestrator-core API on a shared database, an operator's SQL) keeps them exact, and a read sums a few rows
+-- instead of counting millions. The update trigger fires only when the status (or kind) changes. Each database
+-- session adds to rows of its own (`backend`: its pid), so concurrent transactions never wait on each other here;
+-- the sweeper folds the rows of sessions that have ended into backend 0.
+CREATE TABLE IF NOT EXISTS process_status_counts (
+    backend      integer NOT NULL,
+    last_status  varchar(50) NOT NULL,
+    is_task      boolean NOT NULL,
+    n            bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (backend, last_status, is_task)
+);
+
+CREATE OR REPLACE FUNCTION count_process_status() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        INSERT INTO process_status_counts AS c (backend, last_status, is_task, n)
+        VALUES (pg_backend_pid(), OLD.last_status, OLD.is_task, -1)
+        ON CONFLICT (backend, last_status, is_task) DO UPDATE SET n = c.n - 1;
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        INSERT INTO process_status_counts AS c (backend, last_status, is_task, n)
+        VALUES (pg_backend_pid(), NEW.last_status, NEW.is_task, 1)
+        ON CONFLICT (backend, last_status, is_task) DO UPDATE SET n = c.n + 1;
+    END IF;
+    RETURN NULL;
+END $$;
+
+DROP TRIGGER IF EXISTS processes_count_insert ON processes;
+DROP TRIGGER IF EXISTS processes_count_update ON processes;
+DROP TRIGGER IF EXISTS processes_count_delete ON processes;
+CREATE TRIGGER processes_count_insert AFTER INSERT ON processes
+    FOR EACH ROW EXECUTE FUNCTION count_process_status();
+CREATE TRIGGER processes_count_update AFTER UPDATE OF last_status, is_task ON processes
+    FOR EACH ROW WHEN (OLD.last_status IS DISTINCT FROM NEW.last_status OR OLD.is_task IS DISTINCT FROM NEW.is_task)
+    EXECUTE FUNCTION count_process_status();
+CREATE TRIGGER processes_count_delete AFTER DELETE ON processes
+    FOR EACH ROW EXECUTE FUNCTION count_process_status();
+
+-- The triggers' lock on `processes` holds concurrent writers until this commits: the count starts exact.
+DELETE FROM process_status_counts;
+INSERT INTO process_status_counts (backend, last_status, is_task, n)
+SELECT 0, last_status, is_task, count(*) FROM processes GROUP BY 2, 3;

@@ -181,16 +181,17 @@ of a million rows takes hundreds of milliseconds on every page; the estimate, a 
 
 
 async def _total(conn: asyncpg.Connection, source: str, values: Sequence[Any]) -> int:
-    counted = int(
-        await conn.fetchval(f"SELECT count(*) FROM (SELECT 1 {source} LIMIT {EXACT_TOTAL_UP_TO + 1}) c", *values)
-    )
-    if counted <= EXACT_TOTAL_UP_TO:
-        return counted
+    """The number of rows of `source`: the planner's estimate first; a count (bounded) unless that is clearly
+    above the exact limit."""
     plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) SELECT 1 {source}", *values)
     if isinstance(plan, str):  # a connection without the pool's json codec
         plan = jsonutil.loads(plan)
-    estimate = plan[0]["Plan"]["Plan Rows"]
-    return max(counted, int(estimate))
+    estimate = int(plan[0]["Plan"]["Plan Rows"])
+    if estimate > 2 * EXACT_TOTAL_UP_TO:
+        return estimate
+    bounded = f"SELECT count(*) FROM (SELECT 1 {source} LIMIT {EXACT_TOTAL_UP_TO + 1}) c"
+    counted = int(await conn.fetchval(bounded, *values))
+    return counted if counted <= EXACT_TOTAL_UP_TO else max(counted, estimate)
 
 
 async def process_summary(pool: asyncpg.Pool, pid: UUID) -> dict[str, Any] | None:

@@ -10,10 +10,15 @@ import asyncpg
 from orchestrator.dsl.types import ProcessStatus
 from orchestrator.persistence.step_durations import HISTOGRAM_SQL, cumulative
 
+_STATUS_COUNTS = """
+SELECT last_status, is_task, sum(n) AS n FROM process_status_counts GROUP BY 1, 2 HAVING sum(n) <> 0
+"""
+"""Processes by status and kind, from the counters the triggers of migration 0006 keep (no scan of `processes`)."""
+
 
 async def status_counts(pool: asyncpg.Pool) -> list[tuple[bool, str, int]]:
     """(is_task, status, count) for every status that occurs."""
-    rows = await pool.fetch("SELECT is_task, last_status, count(*) AS n FROM processes GROUP BY is_task, last_status")
+    rows = await pool.fetch(_STATUS_COUNTS)
     return [(bool(r["is_task"]), str(r["last_status"]), int(r["n"])) for r in rows]
 
 
@@ -107,7 +112,7 @@ async def metrics_snapshot(pool: asyncpg.Pool, online_within: float) -> MetricsS
         f"""
         WITH b AS (SELECT pid, branch, count(*) AS n FROM process_steps WHERE branch IS NOT NULL GROUP BY 1, 2)
         SELECT (SELECT coalesce(jsonb_agg(jsonb_build_array(last_status, is_task, n)), '[]')
-                  FROM (SELECT last_status, is_task, count(*) AS n FROM processes GROUP BY 1, 2) s) AS processes,
+                  FROM ({_STATUS_COUNTS}) s) AS processes,
                ({HISTOGRAM_SQL}) AS buckets,
                (SELECT count(*) FROM b) AS branches, (SELECT coalesce(sum(n), 0) FROM b) AS branch_steps,
                count(w.*) AS online, coalesce(sum(w.running), 0) AS running, coalesce(sum(w.capacity), 0) AS capacity
