@@ -117,27 +117,43 @@ async def _database(name: str) -> tuple[str, Any]:
     return dsn, drop
 
 
+async def _seeded(args: argparse.Namespace, run: str) -> tuple[str, Any, dict[str, Any]]:
+    """The full database: `--full NAME` as it is, or a fresh one seeded now."""
+    if args.full:
+        dsn = with_database(ADMIN_URI, args.full)
+
+        async def keep() -> None:
+            return None
+
+        drop_full: Any = keep
+    else:
+        dsn, drop_full = await _database(f"bench_history_{run}_full")
+    conn = await asyncpg.connect(dsn)
+    try:
+        seconds = 0.0 if args.full else await seed(conn, args.processes)
+        size = await conn.fetchval("SELECT pg_size_pretty(pg_database_size(current_database()))")
+        processes = await conn.fetchval("SELECT sum(n) FROM process_status_counts")
+    finally:
+        await conn.close()
+    note(f"full database: {processes:,} processes ({size}); seeded in {seconds:.0f} s")
+    return dsn, drop_full, {"processes": int(processes or 0), "seed_seconds": round(seconds), "size": size}
+
+
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
     empty_dsn, drop_empty = await _database(f"bench_history_{run}_empty")
-    full_dsn, drop_full = await _database(f"bench_history_{run}_full")
+    full_dsn, drop_full, report = await _seeded(args, run)
+    databases = {"empty": empty_dsn, "full": full_dsn}
     try:
-        conn = await asyncpg.connect(full_dsn)
-        try:
-            seconds = await seed(conn, args.processes)
-            size = await conn.fetchval("SELECT pg_size_pretty(pg_database_size(current_database()))")
-        finally:
-            await conn.close()
-        note(f"seeded {args.processes:,} processes in {seconds:.0f} s ({size})")
-        report: dict[str, Any] = {"processes": args.processes, "seed_seconds": round(seconds), "size": size}
-        for label, dsn in (("empty", empty_dsn), ("full", full_dsn)):
-            note(f"{label}: reads")
-            reads = await _reads(dsn, args.repeat)
-            note(f"{label}: statement plans")
-            plans = await explain_all(dsn)
-            note(f"{label}: start scenarios")
-            starts = _bench_run(dsn, args.count, args.latency_count) if args.starts else {}
-            report[label] = {"reads_ms": reads, "plans": plans, "starts": starts}
+        for label, dsn in databases.items():
+            note(f"{label}: reads and statement plans")
+            report[label] = {"reads_ms": await _reads(dsn, args.repeat), "plans": await explain_all(dsn), "starts": []}
+        for round_ in range(args.rounds if args.starts else 0):
+            for label, dsn in databases.items():  # alternating, so that a change of machine load hits both
+                note(f"{label}: start scenarios, round {round_ + 1}")
+                report[label]["starts"].append(_bench_run(dsn, args.count, args.latency_count))
+        if args.keep:
+            note(f"kept: {', '.join(d.rpartition('/')[2] for d in databases.values())}")
         return report
     finally:
         if not args.keep:
@@ -152,7 +168,9 @@ def main() -> None:
     parser.add_argument("-n", "--count", type=int, default=1000, help="processes of the throughput scenario (1000)")
     parser.add_argument("--latency-count", type=int, default=200, help="processes of the latency scenario (200)")
     parser.add_argument("--no-starts", dest="starts", action="store_false", help="skip the start scenarios")
+    parser.add_argument("--rounds", type=int, default=2, help="start-scenario rounds, alternating databases (2)")
     parser.add_argument("--keep", action="store_true", help="keep the two databases (their names are printed)")
+    parser.add_argument("--full", default=None, metavar="NAME", help="use this seeded database (kept) instead")
     parser.add_argument("--json", type=Path, default=None, help="save the results")
     args = parser.parse_args()
     log.configure(LogFormat.CONSOLE, "WARNING")

@@ -125,6 +125,14 @@ def _age(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _age_text(age: timedelta) -> str:
+    seconds = int(age.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{age.total_seconds():g}s"
+
+
 def _modules(text: str) -> list[str]:
     return [m.strip() for m in text.split(",") if m.strip()]
 
@@ -353,7 +361,7 @@ async def _prune(settings: Any, args: argparse.Namespace) -> int:
     verb = "would delete" if args.dry_run else "deleted"
     print(
         f"{verb} {pruned.workflows} completed workflow process(es) and {pruned.tasks} task(s) last changed more "
-        f"than {args.completed_older_than} ago, with {pruned.steps} step row(s)"
+        f"than {_age_text(args.completed_older_than)} ago, with {pruned.steps} step row(s)"
     )
     return 0
 
