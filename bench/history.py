@@ -48,7 +48,7 @@ READS = {
     "list_first_page": "/api/processes?range=0,25",
     "list_status_filter": "/api/processes?filter=lastStatus,failed&range=0,25",
     "list_task_filter_sorted": "/api/processes?filter=isTask,true&sort=startedAt,desc&range=0,25",
-    "list_completed_page_400": "/api/processes?filter=lastStatus,completed&range=10000,10025",
+    "list_completed_offset_10000": "/api/processes?filter=lastStatus,completed&range=10000,10025",
     "metrics": "/metrics",
 }
 
@@ -88,22 +88,29 @@ async def _reads(dsn: str, repeat: int) -> dict[str, Any]:
 
 
 def _bench_run(dsn: str, count: int, latency_count: int) -> dict[str, Any]:
-    """The start scenarios, in the bench proper, on `dsn`; its JSON results."""
+    """The start scenarios, in the bench proper, on `dsn`; its figures, or why a scenario failed."""
+    figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "run.json"
+        out, errors = Path(tmp) / "run.json", Path(tmp) / "stderr.log"
         env = {**os.environ, "DATABASE_URI": dsn}
         for scenario, n in (("threadpool", count), ("latency", latency_count)):
             command = [sys.executable, "-m", "bench", "--scenarios", scenario, "-n", str(n), "--json", str(out)]
-            subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: S603 - our own bench
-            env[f"_BENCH_{scenario}"] = out.read_text()
-        results = {s: json.loads(env[f"_BENCH_{s}"]) for s in ("threadpool", "latency")}
-    throughput, latency = results["threadpool"]["scenarios"]["threadpool"], results["latency"]["scenarios"]["latency"]
-    return {
-        "throughput_per_s": throughput["throughput"],
-        "throughput_postgres_cpu_ms_per_process": round(1000 * throughput["postgres_cpu_s"] / throughput["n"], 3),
-        "lone_latency_ms": latency["latency_ms"],
-        "lone_client_p50_ms": latency["client_latency_ms"]["p50"],
-    }
+            with errors.open("w") as stderr:
+                done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)  # noqa: S603
+            if done.returncode != 0 or not out.exists():
+                tail = errors.read_text(errors="replace").strip().splitlines()[-3:]
+                note(f"{scenario} failed: {' | '.join(tail)}")
+                figures[f"{scenario}_failed"] = tail
+                continue
+            result = json.loads(out.read_text())["scenarios"][scenario]
+            out.unlink()
+            if scenario == "threadpool":
+                figures["throughput_per_s"] = result["throughput"]
+                figures["postgres_cpu_ms_per_process"] = round(1000 * result["postgres_cpu_s"] / result["n"], 3)
+            else:
+                figures["lone_latency_ms"] = result["latency_ms"]
+                figures["lone_client_p50_ms"] = result["client_latency_ms"]["p50"]
+    return figures
 
 
 async def _database(name: str) -> tuple[str, Any]:
@@ -132,7 +139,7 @@ async def _seeded(args: argparse.Namespace, run: str) -> tuple[str, Any, dict[st
     try:
         seconds = 0.0 if args.full else await seed(conn, args.processes)
         size = await conn.fetchval("SELECT pg_size_pretty(pg_database_size(current_database()))")
-        processes = await conn.fetchval("SELECT sum(n) FROM process_status_counts")
+        processes = int(await conn.fetchval("SELECT coalesce(sum(n), 0) FROM process_status_counts"))
     finally:
         await conn.close()
     note(f"full database: {processes:,} processes ({size}); seeded in {seconds:.0f} s")
@@ -161,6 +168,38 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             await drop_full()
 
 
+def _p(figures: dict[str, Any] | None, key: str = "p95") -> str:
+    value = (figures or {}).get(key)
+    return "-" if value is None else f"{value:.1f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as the tables `docs/performance.md` quotes."""
+    empty, full = report["empty"], report["full"]
+    lines = [
+        f"Full database: {report['processes']:,} processes, {report['size']}.",
+        "",
+        "| measurement | empty: p50 / p95 ms | full: p50 / p95 ms |",
+        "|---|---|---|",
+    ]
+    for name in [*READS, "process_detail"]:
+        e, f = empty["reads_ms"].get(name), full["reads_ms"].get(name)
+        lines.append(f"| {name} | {_p(e, 'p50')} / {_p(e)} | {_p(f, 'p50')} / {_p(f)} |")
+    lines += ["", "| start scenarios (round) | empty | full |", "|---|---|---|"]
+    for i, (e, f) in enumerate(zip(empty["starts"], full["starts"], strict=False), 1):
+        for key, label in (("throughput_per_s", "throughput, processes/s"),
+                           ("postgres_cpu_ms_per_process", "PostgreSQL CPU ms/process")):  # fmt: skip
+            lines.append(f"| {label} ({i}) | {e.get(key, '-')} | {f.get(key, '-')} |")
+        lines.append(
+            f"| lone process p50 / p95 ms ({i}) | {_p(e.get('lone_latency_ms'), 'p50')} / "
+            f"{_p(e.get('lone_latency_ms'))} | {_p(f.get('lone_latency_ms'), 'p50')} / {_p(f.get('lone_latency_ms'))} |"
+        )
+    lines += ["", "| periodic statement | empty ms | full ms | scans (full) |", "|---|---|---|---|"]
+    for name, plan in full["plans"].items():
+        lines.append(f"| {name} | {empty['plans'][name]['ms']} | {plan['ms']} | {', '.join(plan['scans'])} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.history", description=__doc__)
     parser.add_argument("--processes", type=int, default=1_100_000, help="processes to seed (1,100,000)")
@@ -175,10 +214,9 @@ def main() -> None:
     args = parser.parse_args()
     log.configure(LogFormat.CONSOLE, "WARNING")
     report = asyncio.run(bench(args))
-    text = json.dumps(report, indent=1, default=str)
     if args.json:
-        args.json.write_text(text + "\n")
-    print(text)
+        args.json.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    print(markdown(report))
 
 
 if __name__ == "__main__":
