@@ -50,16 +50,24 @@ CREATE TABLE IF NOT EXISTS process_status_counts (
 
 CREATE OR REPLACE FUNCTION count_process_status() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP <> 'INSERT' THEN
+    IF TG_OP = 'UPDATE' THEN
         INSERT INTO process_status_counts AS c (backend, last_status, is_task, n)
         VALUES (pg_backend_pid(), OLD.last_status, OLD.is_task, -1)
         ON CONFLICT (backend, last_status, is_task) DO UPDATE SET n = c.n - 1;
     END IF;
-    IF TG_OP <> 'DELETE' THEN
-        INSERT INTO process_status_counts AS c (backend, last_status, is_task, n)
-        VALUES (pg_backend_pid(), NEW.last_status, NEW.is_task, 1)
-        ON CONFLICT (backend, last_status, is_task) DO UPDATE SET n = c.n + 1;
-    END IF;
+    INSERT INTO process_status_counts AS c (backend, last_status, is_task, n)
+    VALUES (pg_backend_pid(), NEW.last_status, NEW.is_task, 1)
+    ON CONFLICT (backend, last_status, is_task) DO UPDATE SET n = c.n + 1;
+    RETURN NULL;
+END $$;
+
+-- Deletes come in batches (retention deletes 1,000 per statement): counted once per statement, grouped, rather
+-- than once per row (each row's update of the same counter row would lengthen its version chain).
+CREATE OR REPLACE FUNCTION count_deleted_processes() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO process_status_counts AS c (backend, last_status, is_task, n)
+    SELECT pg_backend_pid(), last_status, is_task, -count(*) FROM deleted_rows GROUP BY 2, 3 ORDER BY 2, 3
+    ON CONFLICT (backend, last_status, is_task) DO UPDATE SET n = c.n + excluded.n;
     RETURN NULL;
 END $$;
 
@@ -71,8 +79,8 @@ CREATE TRIGGER processes_count_insert AFTER INSERT ON processes
 CREATE TRIGGER processes_count_update AFTER UPDATE OF last_status, is_task ON processes
     FOR EACH ROW WHEN (OLD.last_status IS DISTINCT FROM NEW.last_status OR OLD.is_task IS DISTINCT FROM NEW.is_task)
     EXECUTE FUNCTION count_process_status();
-CREATE TRIGGER processes_count_delete AFTER DELETE ON processes
-    FOR EACH ROW EXECUTE FUNCTION count_process_status();
+CREATE TRIGGER processes_count_delete AFTER DELETE ON processes REFERENCING OLD TABLE AS deleted_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION count_deleted_processes();
 
 -- The triggers' lock on `processes` holds concurrent writers until this commits: the count starts exact.
 DELETE FROM process_status_counts;
