@@ -19,7 +19,7 @@ STATEMENTS: dict[str, tuple[str, tuple[Any, ...]]] = {
     "sweeper: waiting without a timer": (timers._RESUME_WAITING, (3600.0, 1000)),
     "timers: next due time": (timers._NEXT_DUE, ()),
     "timers: fire due timers": (timers._FIRE_DUE, (1000,)),
-    "relay: outbox batch": (outbox._SELECT, (100,)),
+    "relay: outbox batch": (outbox._TAKE, (100,)),
     "retention: one prune batch": (retention.PRUNE_BATCH, (datetime(2000, 1, 1, tzinfo=UTC), False, 1000)),
 }
 """Name → (SQL, parameters). The retention batch's cut-off matches nothing: the plan of finding nothing to do,

@@ -10,12 +10,11 @@ CREATE INDEX IF NOT EXISTS ix_processes_status_kind ON processes (last_status, i
 DROP INDEX IF EXISTS ix_processes_is_task;
 DROP INDEX IF EXISTS ix_processes_last_status;
 
--- The sweeper's and the retention's scans: partial, so that they hold only the few rows they look for and cost
--- nothing to the writes of processes in other statuses.
-CREATE INDEX IF NOT EXISTS ix_processes_undispatched ON processes (last_modified_at)
-    WHERE last_status IN ('created', 'resumed');
-CREATE INDEX IF NOT EXISTS ix_processes_waiting ON processes (last_modified_at) WHERE last_status = 'waiting';
-CREATE INDEX IF NOT EXISTS ix_processes_completed ON processes (last_modified_at) WHERE last_status = 'completed';
+-- Retention's scan: completed processes by start (last_modified_at changes on every step write, and an index
+-- on it would make every step write a non-HOT update; started_at never changes, and a process last changed
+-- before a cut-off started before it). Partial: it costs nothing to the writes of processes in other statuses.
+-- The sweeper's scans (created/resumed, waiting, running) find their few rows through the status index.
+CREATE INDEX IF NOT EXISTS ix_processes_completed ON processes (started_at) WHERE last_status = 'completed';
 CREATE INDEX IF NOT EXISTS ix_process_steps_branch ON process_steps (pid, branch) WHERE branch IS NOT NULL;
 
 -- The step-duration histogram of /metrics, kept up to date by the step writer's statement instead of scanned

@@ -182,7 +182,7 @@ class CeleryShim:
         self._pending: dict[UUID, dict[str, CeleryTask]] = {}  # pid -> task id -> a task whose client waits
         self._wake = asyncio.Event()
         # After each (re)connect: re-check, as notifications sent while not listening are gone.
-        self._listener = Listener(pool, EVENTS_CHANNEL, self._on_event, on_listening=self._wake.set)
+        self._listener = Listener(pool)
         self._background: list[asyncio.Task[None]] = []
 
     @property
@@ -193,7 +193,7 @@ class CeleryShim:
 
     async def start(self) -> None:
         await self.consumer.start()
-        await self._listener.start()
+        await self._listener.subscribe(EVENTS_CHANNEL, self._on_event, on_listening=self._wake.set)
         self._background = [asyncio.create_task(self._answer_forever(), name="celery-shim-replies")]
         logger.info(
             "celery shim started",

@@ -38,9 +38,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     if ctx.given is None:
         ctx.opened = await Orchestrator(ctx.settings).open()
     try:
-        location = ctx.orchestrator.location
-        assert location is not None
-        ctx.hub = EventHub(location.dsn)
+        ctx.hub = EventHub(ctx.orchestrator.store.listener)
         await ctx.hub.start()
         try:
             yield

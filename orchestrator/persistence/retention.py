@@ -3,7 +3,8 @@
 Each batch is one short statement: it locks at most `batch` completed processes, skipping any another program
 holds (`FOR UPDATE SKIP LOCKED`), and deletes them with their step rows, inputs and timers (ON DELETE CASCADE)
 and their schedule-run links. Running processes are never touched and never wait on it; a concurrent prune takes
-other rows. The scan is the partial index of completed processes by last change (migration 0006).
+other rows. The scan is the partial index of completed processes by start (migration 0006): a process last
+changed before the cut-off started before it.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import asyncpg
 
 _CANDIDATES = """
     SELECT pid FROM processes
-     WHERE last_status = 'completed' AND last_modified_at < $1 AND (is_task OR NOT $2::boolean)
-     ORDER BY last_modified_at LIMIT $3
+     WHERE last_status = 'completed' AND started_at < $1 AND last_modified_at < $1 AND (is_task OR NOT $2::boolean)
+     ORDER BY started_at LIMIT $3
 """
 
 PRUNE_BATCH = f"""
@@ -34,7 +35,8 @@ _COUNT = """
 SELECT count(*) FILTER (WHERE NOT p.is_task) AS workflows, count(*) FILTER (WHERE p.is_task) AS tasks,
        coalesce(sum((SELECT count(*) FROM process_steps st WHERE st.pid = p.pid)), 0) AS steps
   FROM processes p
- WHERE p.last_status = 'completed' AND p.last_modified_at < $1 AND (p.is_task OR NOT $2::boolean)
+ WHERE p.last_status = 'completed' AND p.started_at < $1 AND p.last_modified_at < $1
+   AND (p.is_task OR NOT $2::boolean)
 """
 
 

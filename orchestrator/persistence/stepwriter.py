@@ -39,7 +39,6 @@ class StepOutcome:
     started_at: datetime | None
     replace_stepid: UUID | None
     stepid: UUID
-    lease_ttl: float
     branch: str | None = None
     wake_at: datetime | None = None
     """When a `waiting` process is to continue (a retry attempt, the end of a sleep): a timer row is written."""
@@ -51,15 +50,15 @@ _MANY = """
 WITH i AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[],
                          $7::varchar[], $8::varchar[], $9::jsonb[], $10::varchar[], $11::timestamptz[], $12::uuid[],
-                         $13::float8[], $14::uuid[], $15::varchar[], $16::timestamptz[], $17::varchar[], $18::int[])
+                         $13::uuid[], $14::varchar[], $15::timestamptz[], $16::varchar[], $17::int[])
         AS t(pid, token, process_status, step_name, assignee, failed_reason, traceback, step_status, state,
-             created_by, started_at, replace_id, lease_ttl, stepid, branch, wake_at, timer_kind, attempt)
+             created_by, started_at, replace_id, stepid, branch, wake_at, timer_kind, attempt)
 ), p AS (
     UPDATE processes pr
        SET last_status = i.process_status, last_step = i.step_name, assignee = i.assignee,
            failed_reason = i.failed_reason, traceback = i.traceback, last_modified_at = now(),
            lease_owner = CASE WHEN i.process_status = 'running' THEN pr.lease_owner END,
-           lease_expires_at = CASE WHEN i.process_status = 'running' THEN now() + make_interval(secs => i.lease_ttl) END
+           lease_expires_at = CASE WHEN i.process_status = 'running' THEN pr.lease_expires_at END
       FROM i
      WHERE pr.pid = i.pid AND pr.fencing_token = i.token AND pr.last_status = 'running'
  RETURNING pr.pid
@@ -79,7 +78,7 @@ WITH i AS (
         ON CONFLICT (pid) DO UPDATE SET due_at = excluded.due_at, kind = excluded.kind, attempt = excluded.attempt
 ), hist AS (
     INSERT INTO step_duration_counts AS c (shard, bucket, n, seconds)
-    SELECT $19, width_bucket(-d.secs, $20::float8[]), count(*), sum(greatest(d.secs, 0))
+    SELECT $18, width_bucket(-d.secs, $19::float8[]), count(*), sum(greatest(d.secs, 0))
       FROM (SELECT extract(epoch FROM clock_timestamp() - coalesce(i.started_at, clock_timestamp()))::float8 AS secs
               FROM i JOIN p ON p.pid = i.pid) d
      GROUP BY 2
@@ -91,7 +90,7 @@ SELECT (SELECT coalesce(array_agg(pid), '{}') FROM p) AS ok,
 
 _COLUMNS = (
     "pid", "token", "process_status", "step_name", "assignee", "failed_reason", "traceback", "step_status", "state",
-    "created_by", "started_at", "replace_stepid", "lease_ttl", "stepid", "branch", "wake_at", "timer_kind",
+    "created_by", "started_at", "replace_stepid", "stepid", "branch", "wake_at", "timer_kind",
     "attempt",
 )  # fmt: skip
 """StepOutcome fields in the order of the statement's parameters."""

@@ -292,7 +292,6 @@ class _Run:
             started_at=datetime.fromtimestamp(started, UTC) if isinstance(started, float) else None,
             replace_stepid=replace_id,
             stepid=replace_id or uuid4(),
-            lease_ttl=self.engine.lease_ttl,
             branch=self.branch,
             wake_at=wake.at if wake else None,
             timer_kind=wake.kind if wake else None,

@@ -14,7 +14,9 @@ from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.runtime.retention import PRUNE_TASK
 from orchestrator.settings import AppSettings
 
-_BACKDATE = "UPDATE processes SET last_modified_at = now() - interval '40 days' WHERE pid = ANY($1::uuid[])"
+_BACKDATE = """UPDATE processes SET started_at = now() - interval '41 days',
+                                     last_modified_at = now() - interval '40 days'
+                WHERE pid = ANY($1::uuid[])"""
 
 
 async def _ended(orch: Orchestrator, key: str, count: int) -> list[UUID]:
