@@ -168,7 +168,10 @@ async def list_processes(
     start, end = window
     if not 0 <= start < end <= MAX_ROW:
         raise QueryError("Invalid range: need 0 <= start < end <= 2**62")
-    source = f"FROM processes p JOIN workflows w ON w.workflow_id = p.workflow_id WHERE {where}"
+    # Every process has its workflow (a foreign key): without a condition on the workflow the count needs only
+    # `processes`, which a status filter then counts from the status index alone.
+    joined = "JOIN workflows w ON w.workflow_id = p.workflow_id " if "w." in where else ""
+    source = f"FROM processes p {joined}WHERE {where}"
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         total = await _total(conn, source, params.values)
         rows = await conn.fetch(f"{sql} OFFSET {params.add(start)} LIMIT {params.add(end - start)}", *params.values)
