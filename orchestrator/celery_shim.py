@@ -313,7 +313,8 @@ class CeleryShim:
 
 
 def run_shim(settings: AppSettings) -> int:
-    """`orchestrator celery-shim`: run until SIGTERM/SIGINT; 0 when stopped, 2 on a configuration error."""
+    """`orchestrator celery-shim`: run until SIGTERM/SIGINT; 0 when stopped, 2 on a configuration error or an
+    unreachable broker."""
     try:
         check_layout(settings)
     except ValueError as exc:
@@ -335,8 +336,12 @@ async def _serve(settings: AppSettings) -> int:
         try:
             await shim.start()
         except (AMQPError, ConnectionError, OSError) as exc:
-            print(f"orchestrator celery-shim: cannot consume from the Celery broker: {exc}", file=sys.stderr)
-            return 1
+            print(
+                f"orchestrator celery-shim: cannot consume from the Celery broker: {exc}; check CELERY_BROKER_URL "
+                "(or BROKER_URL) and that the broker runs",
+                file=sys.stderr,
+            )
+            return 2
         try:
             await stop.wait()
         finally:
