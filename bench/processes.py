@@ -132,10 +132,12 @@ class Launcher:
 
     Counts the statements its readiness checks run on the bench database (subtracted from its transactions)."""
 
-    def __init__(self, settings: Any, dsn: str, run_id: str, workers: int, log_dir: Path) -> None:
+    def __init__(
+        self, settings: Any, dsn: str, run_id: str, workers: int, log_dir: Path, workflows: str = WORKFLOWS_MODULE
+    ) -> None:
         self.settings, self.dsn, self.run_id, self.workers, self.log_dir = settings, dsn, run_id, workers, log_dir
+        self.workflows = workflows
         self.prefix = f"bench_{run_id}"
-        self.modules = WORKFLOWS_MODULE
         self.live: list[Server] = []
         self.own_statements = 0
 
@@ -156,7 +158,7 @@ class Launcher:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
         env.update(
             DATABASE_URI=self.dsn,
-            WORKFLOW_MODULES=self.modules,
+            WORKFLOW_MODULES=self.workflows,
             EXECUTOR=executor,
             MIGRATE_ON_START="false",
             **self.queues(),

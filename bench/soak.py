@@ -205,8 +205,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING"),
         DB_POOL_SIZE=os.environ.get("DB_POOL_SIZE", "5"),
     )
-    launcher = Launcher(load_settings(), dsn, run_id, args.workers, log_dir)
-    launcher.modules = "orchestrator.examples.workflows,bench.soakflows"
+    launcher = Launcher(
+        load_settings(), dsn, run_id, args.workers, log_dir, workflows="orchestrator.examples.workflows,bench.soakflows"
+    )
     try:
         stack = await launcher.start_stack("dramatiq")
         assert stack.api_url is not None
