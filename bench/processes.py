@@ -213,6 +213,12 @@ class Launcher:
         await self._wait_ready(stack, layout)
         return stack
 
+    def respawn(self, server: Server, executor: str = "dramatiq") -> Server:
+        """The same command again (after a kill), under the same name."""
+        if server in self.live:
+            self.live.remove(server)
+        return self._spawn(server.name, list(server.popen.args), executor)  # type: ignore[arg-type]
+
     async def _wait_ready(self, stack: Stack, layout: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         workers = [s for s in stack.servers if s.name.startswith("worker")]
