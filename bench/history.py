@@ -32,7 +32,7 @@ import asyncpg
 import httpx
 
 from bench.console import note
-from bench.database import _create_database, with_database
+from bench.database import create_database, with_database
 from bench.history_plans import explain_all
 from bench.history_seed import seed
 from bench.scenarios import percentiles
@@ -114,7 +114,7 @@ def _bench_run(dsn: str, count: int, latency_count: int) -> dict[str, Any]:
 
 
 async def _database(name: str) -> tuple[str, Any]:
-    drop = await _create_database(ADMIN_URI, name)
+    drop = await create_database(ADMIN_URI, name)
     dsn = with_database(ADMIN_URI, name)
     conn = await asyncpg.connect(dsn)
     try:

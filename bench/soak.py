@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from bench.console import BenchError, note
-from bench.database import _create_database, connect, with_database
+from bench.database import connect, create_database, with_database
 from bench.processes import Launcher, Server, http_client
 from orchestrator import log
 from orchestrator.persistence import migrations
@@ -190,7 +190,7 @@ async def _at_rest(dsn: str, timeout: float = 120.0) -> None:
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:8]
     name = f"bench_soak_{run_id}"
-    drop = await _create_database(ADMIN_URI, name)
+    drop = await create_database(ADMIN_URI, name)
     dsn = with_database(ADMIN_URI, name)
     conn = await connect(dsn)
     await migrations.upgrade(conn)
