@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench.database import _create_database, with_database
+from bench.database import create_database, with_database
 from orchestrator import log, services
 from orchestrator.http import create_app
 from orchestrator.persistence import migrations
@@ -95,7 +95,7 @@ def _summary(times: list[float], rows: int) -> dict[str, Any]:
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     name = f"bench_dashboard_{uuid.uuid4().hex[:8]}"
-    drop = await _create_database(ADMIN_URI, name)
+    drop = await create_database(ADMIN_URI, name)
     try:
         dsn = with_database(ADMIN_URI, name)
         seconds = await _seed(dsn, args.rows)

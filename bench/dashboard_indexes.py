@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.database import _create_database, with_database
+from bench.database import create_database, with_database
 from orchestrator.persistence import migrations
 
 ADMIN_URI = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -57,7 +57,7 @@ async def _timed_updates(conn: asyncpg.Connection, count: int) -> float:
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     name = f"bench_indexes_{uuid.uuid4().hex[:8]}"
-    drop = await _create_database(ADMIN_URI, name)
+    drop = await create_database(ADMIN_URI, name)
     try:
         conn = await asyncpg.connect(with_database(ADMIN_URI, name))
         try:

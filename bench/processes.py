@@ -98,11 +98,17 @@ class Server:
             self.popen.wait()
 
 
-def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Server:
+def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path, cwd: Path | None = None) -> Server:
     log_path = log_dir / f"{name}.log"
     with log_path.open("ab") as log:
         popen = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-            args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            args,
+            env=env,
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     return Server(name, popen, log_path)
 
@@ -206,6 +212,12 @@ class Launcher:
             stack.servers.append(self._spawn("shim", [py, "-m", "orchestrator.cli", "celery-shim"], "dramatiq"))
         await self._wait_ready(stack, layout)
         return stack
+
+    def respawn(self, server: Server, executor: str = "dramatiq") -> Server:
+        """The same command again (after a kill), under the same name."""
+        if server in self.live:
+            self.live.remove(server)
+        return self._spawn(server.name, list(server.popen.args), executor)  # type: ignore[arg-type]
 
     async def _wait_ready(self, stack: Stack, layout: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

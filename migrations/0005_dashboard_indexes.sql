@@ -1,10 +1,6 @@
--- The dashboard's process list reads a page along an index in start order (never a sort of the whole table), so
--- the first page stays fast at millions of rows; ascending pages scan the same index backwards. Its status,
--- workflow and task filters use the single-column indexes of 0001 (PostgreSQL walks this index while a filter
--- matches often, or gathers the few rows that match and sorts them). Every index of `processes` costs each step's
--- UPDATE of its process an entry (the update changes the indexed lease, so it is never HOT): hence only this one
--- (`python -m bench.dashboard_indexes` measures the cost).
-CREATE INDEX IF NOT EXISTS dashboard_processes_started ON processes (started_at DESC, pid);
+-- The dashboard's process list reads a page along `ix_processes_started_at` (started_at DESC, pid), which 0006
+-- creates for the REST listing too, in start order (never a sort of the whole table); its filters use the
+-- status and workflow indexes. No index here touches a column a step's write changes, so step writes stay HOT.
 
 -- Note search: a trigram index over the processes that have a note (partial, so a step's update of a process
 -- without one adds nothing to it), where PostgreSQL has the pg_trgm extension (contrib). The embedded server

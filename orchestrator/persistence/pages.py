@@ -1,7 +1,7 @@
 """One page of the process list for people (the dashboard): keyset paging along an index, no total count.
 
-A page is read along `dashboard_processes_started` (migration 0005) in start order, the filters using the
-single-column indexes of 0001 where they match rarely, so a page reads about as many rows as it shows at any
+A page is read along `ix_processes_started_at` (migration 0006) in start order, the filters using the
+status and workflow indexes where they match rarely, so a page reads about as many rows as it shows at any
 table size and any depth: the next page starts after the last row's (started_at, pid) instead of at an OFFSET.
 A text search matches a note (trigram index), a workflow name (the small workflows table) or an id prefix (a range
 of the primary key).
