@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 from uuid import UUID
 
 import pytest
 import testflows
+from pydantic import ConfigDict
+from pydantic_forms.core import FormPage
 from pydantic_forms.exceptions import FormNotCompleteError, FormOverflowError, FormValidationError
 from support.database import step_rows
 from support.waiting import wait_status
 
 from orchestrator import services
+from orchestrator.dsl.forms import first_page_schema, run_form
 from orchestrator.exceptions import (
     EngineLockedError,
     NotAuthorizedError,
@@ -57,7 +61,8 @@ async def test_suspend_resume_with_form_validation(orch: Orchestrator) -> None:
     process = await wait_status(orch, pid)
     assert process["last_status"] == "suspended"
     assert process["assignee"] == "NOC"
-    assert process["form"]["title"] == "NameForm" or "name" in process["form"]["properties"]
+    assert process["form"]["title"] == "Name form"  # pydantic-forms' "unknown" replaced by the page's name
+    assert {"name", "count"} <= process["form"]["properties"].keys()
     before = await step_rows(orch.store.pool, pid)
     with pytest.raises(FormValidationError):
         await services.resume_process(pid, [{"count": "many"}], user="bob", orchestrator=orch)
@@ -434,3 +439,23 @@ async def test_callback_timeout_fails_the_process_and_a_retry_runs_the_callback_
             await asyncio.sleep(0.01)
     assert rows[:2] == [("Start", "success"), ("Callback", "failed")]
     assert rows[2][0] == "Callback"
+
+
+def test_form_pages_without_a_title_are_titled_after_their_class_and_titles_given_are_kept() -> None:
+    class ApprovalForm(FormPage):
+        approved: bool
+
+    class Details(FormPage):
+        model_config = ConfigDict(title="Details of the port")
+        speed: int
+
+    def two_pages() -> Any:
+        approval = yield ApprovalForm
+        details = yield Details
+        return {"approved": approval.approved, "speed": details.speed}
+
+    assert (first_page_schema(two_pages, {}) or {})["title"] == "Approval form"
+    with pytest.raises(FormNotCompleteError) as next_page:
+        run_form(two_pages, {}, [{"approved": True}])
+    assert next_page.value.form["title"] == "Details of the port"
+    assert run_form(two_pages, {}, [{"approved": True}, {"speed": 10}]) == {"approved": True, "speed": 10}
