@@ -27,7 +27,7 @@ WITH waiting AS (
 INSERT INTO outbox (queue, actor, pid, run_by) SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM waiting)
 """
 
-_SELECT = "SELECT id, queue, actor, pid, run_by FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+_SELECT = "SELECT id, queue, actor, pid, run_by, branch FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
 _DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 
 
@@ -37,6 +37,8 @@ class OutboxRow(NamedTuple):
     actor: str
     pid: UUID
     run_by: str
+    branch: str | None
+    """A branch message's branch (`persistence/branch_claims.py`); None for a process's dispatch."""
 
 
 class OutboxStatements(Statements):

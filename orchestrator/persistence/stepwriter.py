@@ -39,6 +39,9 @@ class StepOutcome:
     stepid: UUID
     lease_ttl: float
     branch: str | None = None
+    fence: str | None = None
+    """Distributed mode: the branch of the fork in flight whose `process_branches` row fences this write (`token`
+    is then that row's token); None: fenced by the process row, which the write updates."""
     wake_at: datetime | None = None
     """When a `waiting` process is to continue (a retry attempt, the end of a sleep): a timer row is written."""
     timer_kind: str | None = None
@@ -49,9 +52,10 @@ _MANY = """
 WITH i AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[],
                          $7::varchar[], $8::varchar[], $9::jsonb[], $10::varchar[], $11::timestamptz[], $12::uuid[],
-                         $13::float8[], $14::uuid[], $15::varchar[], $16::timestamptz[], $17::varchar[], $18::int[])
+                         $13::float8[], $14::uuid[], $15::varchar[], $16::timestamptz[], $17::varchar[], $18::int[],
+                         $19::varchar[])
         AS t(pid, token, process_status, step_name, assignee, failed_reason, traceback, step_status, state,
-             created_by, started_at, replace_id, lease_ttl, stepid, branch, wake_at, timer_kind, attempt)
+             created_by, started_at, replace_id, lease_ttl, stepid, branch, wake_at, timer_kind, attempt, fence)
 ), p AS (
     UPDATE processes pr
        SET last_status = i.process_status, last_step = i.step_name, assignee = i.assignee,
@@ -59,31 +63,40 @@ WITH i AS (
            lease_owner = CASE WHEN i.process_status = 'running' THEN pr.lease_owner END,
            lease_expires_at = CASE WHEN i.process_status = 'running' THEN now() + make_interval(secs => i.lease_ttl) END
       FROM i
-     WHERE pr.pid = i.pid AND pr.fencing_token = i.token AND pr.last_status = 'running'
+     WHERE pr.pid = i.pid AND pr.fencing_token = i.token AND pr.last_status = 'running' AND i.fence IS NULL
  RETURNING pr.pid
+), b AS (
+    UPDATE process_branches b SET lease_expires_at = now() + make_interval(secs => i.lease_ttl)
+      FROM i
+     WHERE b.pid = i.pid AND b.path = i.fence AND b.fencing_token = i.token AND b.status = 'running'
+ RETURNING i.stepid
+), ok AS (
+    SELECT i.* FROM i JOIN p ON p.pid = i.pid WHERE i.fence IS NULL
+     UNION ALL
+    SELECT i.* FROM i JOIN b ON b.stepid = i.stepid
 ), ins AS (
     INSERT INTO process_steps (stepid, pid, name, status, state, created_by, started_at, completed_at, branch)
-    SELECT i.stepid, i.pid, i.step_name, i.step_status, i.state, i.created_by,
-           coalesce(i.started_at, clock_timestamp()), clock_timestamp(), i.branch
-      FROM i JOIN p ON p.pid = i.pid WHERE i.replace_id IS NULL
+    SELECT ok.stepid, ok.pid, ok.step_name, ok.step_status, ok.state, ok.created_by,
+           coalesce(ok.started_at, clock_timestamp()), clock_timestamp(), ok.branch
+      FROM ok WHERE ok.replace_id IS NULL
 ), upd AS (
     UPDATE process_steps s
-       SET name = i.step_name, status = i.step_status, state = i.state, completed_at = clock_timestamp()
-      FROM i JOIN p ON p.pid = i.pid
-     WHERE s.stepid = i.replace_id AND s.pid = i.pid
+       SET name = ok.step_name, status = ok.step_status, state = ok.state, completed_at = clock_timestamp()
+      FROM ok
+     WHERE s.stepid = ok.replace_id AND s.pid = ok.pid
 ), timer AS (
     INSERT INTO process_timers (pid, due_at, kind, attempt)
-    SELECT i.pid, i.wake_at, i.timer_kind, i.attempt FROM i JOIN p ON p.pid = i.pid WHERE i.wake_at IS NOT NULL
+    SELECT ok.pid, ok.wake_at, ok.timer_kind, ok.attempt FROM ok WHERE ok.wake_at IS NOT NULL AND ok.fence IS NULL
         ON CONFLICT (pid) DO UPDATE SET due_at = excluded.due_at, kind = excluded.kind, attempt = excluded.attempt
 )
-SELECT (SELECT coalesce(array_agg(pid), '{}') FROM p) AS ok,
+SELECT (SELECT coalesce(array_agg(stepid), '{}') FROM ok) AS ok,
        coalesce((SELECT bool_or(global_lock) FROM engine_settings), false) AS locked
 """
 
 _COLUMNS = (
     "pid", "token", "process_status", "step_name", "assignee", "failed_reason", "traceback", "step_status", "state",
     "created_by", "started_at", "replace_stepid", "lease_ttl", "stepid", "branch", "wake_at", "timer_kind",
-    "attempt",
+    "attempt", "fence",
 )  # fmt: skip
 """StepOutcome fields in the order of the statement's parameters."""
 
@@ -107,12 +120,12 @@ class StepWriter:
         accepted = set(row["ok"])
         locked = bool(row["locked"])
         for o in outcomes:
-            if o.pid in accepted:
+            if o.stepid in accepted:
                 event = {"pid": str(o.pid), "status": o.process_status, "step": o.step_name}
                 self.events.publish({**event, "branch": o.branch} if o.branch else event)
                 if o.wake_at is not None:
                     self.events.publish({"due": o.wake_at.timestamp()}, channel=TIMERS_CHANNEL)
-        return [(o.pid in accepted, locked) for o in outcomes]
+        return [(o.stepid in accepted, locked) for o in outcomes]
 
 
 def _unstorable(exc: Exception) -> Exception:

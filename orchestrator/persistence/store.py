@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 
 import asyncpg
 
+from orchestrator.persistence.branch_claims import BranchClaims
 from orchestrator.persistence.branches import BranchStatements
 from orchestrator.persistence.claims import Claims
 from orchestrator.persistence.engine_lock import EngineLockStatements
@@ -44,6 +45,7 @@ class Store(
         self.events = EventPublisher(pool)
         self.steps = StepWriter(pool, self.events)
         self.claims = Claims(pool, self.events)
+        self.branch_claims = BranchClaims(pool, self.events)
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """`async with store.transaction() as tx`: begins on its first statement, commits when the block returns."""

@@ -43,7 +43,7 @@ from orchestrator.persistence.records import Claim, ProcessRef, StepRow
 from orchestrator.persistence.stepwriter import StepOutcome
 from orchestrator.persistence.store import Store
 from orchestrator.persistence.transaction import Transaction
-from orchestrator.runtime import branches
+from orchestrator.runtime import branches, spread
 from orchestrator.runtime.retries import Wake, next_wake
 
 logger = structlog.get_logger(__name__)
@@ -83,10 +83,16 @@ class Engine:
         self.limiter = anyio.CapacityLimiter(max_threads)
         self.lease_ttl = lease_ttl
         self.max_branches = max_branches
+        self.spread: spread.Spread | None = None
+        """Distributed mode: how a fork's branches are dispatched (`runtime/spread.py`); None: run in the run."""
 
-    async def run(self, claim: Claim, *, stopping: Callable[[], bool], redispatch: Redispatch) -> ProcessStatus | None:
-        """Run the claimed process until it suspends, ends, fails or must stop; return its status (None: lost)."""
+    async def run(
+        self, claim: Claim, *, stopping: Callable[[], bool], redispatch: Redispatch, closing: bool = False
+    ) -> ProcessStatus | None:
+        """Run the claimed process until it suspends, ends, fails or must stop; return its status (None: lost).
+        `closing`: the claim was handed over by the last branch of the fork in flight, which joins from its rows."""
         run = _Run(self, claim, stopping, redispatch)
+        run.closing = closing
         log = logger.bind(process_id=str(claim.pid), workflow=claim.workflow_name)
         try:
             # Lines logged during the run by layers that know no process (the DSL's "step failed", the steps'
@@ -98,6 +104,31 @@ class Engine:
             return None
         log.info("run ended", status=status.value)
         return status
+
+    async def run_branch(self, claim: Claim, *, stopping: Callable[[], bool], owner: str) -> Claim | None:
+        """Run the branch `claim` holds (distributed mode); stop it, or park it when it stopped before a step.
+        Return the claim of its process when this was the fork's last open branch: the caller runs it on."""
+        run = _Run(self, claim, stopping, _no_redispatch)
+        log = logger.bind(process_id=str(claim.pid), branch=claim.branch)
+        wf = self.registry.get(claim.workflow_name)
+        if wf is None:
+            log.error("unknown workflow: branch left for a worker that has it", workflow=claim.workflow_name)
+            await self.store.branch_claims.park(claim, paused=False)
+            return None
+        try:
+            with structlog.contextvars.bound_contextvars(process_id=str(claim.pid)):
+                outcome = await spread.run_claimed_branch(run, wf)
+        except ClaimLostError:
+            log.warning("branch claim lost: taken over, or the process was aborted; this run stops")
+            return None
+        if outcome is None:
+            await self.store.branch_claims.park(claim, paused=run.locked)
+            return None
+        return await self.store.branch_claims.stop(claim, owner=owner, lease_ttl=self.lease_ttl)
+
+
+async def _no_redispatch(tx: Transaction, ref: ProcessRef) -> None:
+    """A branch run never yields its process (a branch parks instead)."""
 
 
 class _Run:
@@ -111,6 +142,10 @@ class _Run:
         self.redispatch = redispatch
         self.user = claim.run_by
         self.locked = False
+        self.closing = False
+        """The fork in flight is to be joined from its rows (its branches ran on other workers)."""
+        self.fence = claim.branch
+        """Distributed mode: the branch whose row (and token) fences this run's writes; None: the process row."""
         self.branch: str | None = None
         """The branch this run writes rows for (runtime/branches.py); None for the workflow's own steps."""
         self.pending: State | None = None
@@ -143,6 +178,8 @@ class _Run:
         return await self._write(name, result, Assignee.SYSTEM)
 
     async def run_fork(self, fork: Fork, state: State) -> Process:
+        if self.engine.spread is not None and self.branch is None:
+            return await spread.spread_fork(self, fork, state, self.engine.spread)
         return await branches.run_fork(self, fork, state)
 
     def branch_run(self, path: str, own: list[StepRow], inflight: list[StepRow]) -> _Run:
@@ -164,6 +201,8 @@ class _Run:
             return await self._yield(redispatch=not self.locked)
         if isinstance(result, branches.Unjoined):
             return await branches.settle(self, result)
+        if isinstance(result, spread.Detached):
+            return ProcessStatus.RUNNING
         if result.runs_next:
             # orchestrator-core leaves such a process `running` for ever; a run that ran out of steps has ended.
             self.logger.warning("workflow has no `done` step; the process is marked completed", workflow=wf.name)
@@ -190,7 +229,7 @@ class _Run:
                 raise
             except Exception as exc:  # a wrapper or built-in step failing: same as a failing step
                 result = Failed(error_state(exc), exc)
-            if isinstance(result, branches.Unjoined):  # its branches wrote their rows; the fork writes none
+            if isinstance(result, branches.Unjoined | spread.Detached):  # the fork writes no row (yet)
                 return result
             result, wake = next_wake(step, result, self.last)
             result = await self._write(step.name, result, step.assignee, wake)
@@ -207,7 +246,7 @@ class _Run:
         if self.inflight and remaining and remaining[0].fork is not None:
             self.pending, pending = pending, None  # the input resumes a branch of the fork in flight
         if not rows:
-            state = self._initial_state(wf)
+            state = self.initial_state(wf)
             return Success(deep_merge(state, pending) if pending else state), remaining
         last = rows[-1]
         if last.status in (StepStatus.COMPLETE, StepStatus.ABORT):
@@ -218,10 +257,10 @@ class _Run:
             result = await self._write(last.name, Success(merged), Assignee.SYSTEM)
             in_group = STEP_GROUP in last.state
             return result, remaining if in_group else remaining[1:]
-        base = cleared[-1].state if cleared else self._initial_state(wf)
+        base = cleared[-1].state if cleared else self.initial_state(wf)
         return Success(deep_merge(base, pending) if pending else dict(base)), remaining
 
-    def _initial_state(self, wf: Workflow) -> State:
+    def initial_state(self, wf: Workflow) -> State:
         state = dict(self.claim.initial_state or {})
         defaults = dict(
             zip(
@@ -294,6 +333,7 @@ class _Run:
             stepid=replace_id or uuid4(),
             lease_ttl=self.engine.lease_ttl,
             branch=self.branch,
+            fence=self.fence,
             wake_at=wake.at if wake else None,
             timer_kind=wake.kind if wake else None,
             attempt=wake.attempt if wake else 0,

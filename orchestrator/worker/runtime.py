@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from typing import Any
 from uuid import UUID
@@ -160,6 +160,35 @@ class WorkerRuntime:
         except ValueError:
             log.error("message dropped: process_id is not a UUID")
             return
+        await self._deliver(
+            lambda: self._runner().claim(pid, kind, user),
+            lambda reason: self._hand_back(pid, kind, user, log, reason=reason),
+            log,
+        )
+
+    async def deliver_branch(self, process_id: Any, path: Any) -> None:
+        """Handle one branch message (`runtime/spread.py`) as `deliver` handles a process's."""
+        log = logger.bind(process_id=str(process_id), branch=str(path))
+        try:
+            pid = UUID(str(process_id))
+        except ValueError:
+            log.error("message dropped: process_id is not a UUID")
+            return
+        if not isinstance(path, str) or not path:
+            log.error("message dropped: the branch is not a non-empty string")
+            return
+        await self._deliver(
+            lambda: self._runner().claim_branch(pid, path),
+            lambda reason: self._hand_back_branch(pid, path, log, reason=reason),
+            log,
+        )
+
+    async def _deliver(
+        self,
+        claim: Callable[[], Awaitable[Claim | None]],
+        hand_back: Callable[[str], Awaitable[None]],
+        log: Any,
+    ) -> None:
         deadline = time.monotonic() + self.delivery_wait
         if not await self._wait(self._ready_or_stopping, self._ready, deadline) or not self._ready.is_set():
             log.warning(
@@ -167,28 +196,32 @@ class WorkerRuntime:
             )
             return
         if not await self._wait(self._slot_or_stopping, self._slot_freed, deadline) or self._stopping:
-            await self._hand_back(pid, kind, user, log, reason="shutdown" if self._stopping else "no free slot")
+            await hand_back("shutdown" if self._stopping else "no free slot")
             return
         self._free -= 1
         started = False
         try:
-            started = await self._claim_and_start(pid, kind, user, log)
+            started = await self._claim_and_start(claim, log)
         except Exception:
             log.exception("claim failed; the sweeper dispatches the process again")
         finally:
             if not started:
                 self._release_slot()
 
-    async def _claim_and_start(self, pid: UUID, kind: RunKind, user: str | None, log: Any) -> bool:
+    def _runner(self) -> Runner:
+        assert self.runner is not None  # set before the runtime is ready
+        return self.runner
+
+    async def _claim_and_start(self, take: Callable[[], Awaitable[Claim | None]], log: Any) -> bool:
         runner = self.runner
         assert runner is not None
-        claim = await runner.claim(pid, kind, user)
+        claim = await take()
         if claim is None:
             return False
-        task = asyncio.create_task(self._run(claim), name=f"run-{pid}")
+        task = asyncio.create_task(self._run(claim), name=f"run-{claim.pid}")
         self._runs.add(task)
         task.add_done_callback(self._runs.discard)
-        log.info("claimed", worker=runner.owner_id, token=claim.token)
+        log.info("claimed", worker=runner.owner_id, token=claim.token, branch=claim.branch)
         return True
 
     async def _run(self, claim: Claim) -> None:
@@ -215,6 +248,13 @@ class WorkerRuntime:
             log.info("delivery handed back through the outbox", reason=reason)
         except Exception:
             log.exception("hand-back failed; the sweeper dispatches the process again", reason=reason)
+
+    async def _hand_back_branch(self, pid: UUID, path: str, log: Any, *, reason: str) -> None:
+        try:
+            await self.executor.engine.store.branch_claims.resend(pid, path)
+            log.info("branch message handed back through the outbox", reason=reason)
+        except Exception:
+            log.exception("hand-back failed; the sweeper dispatches the branch again", reason=reason)
 
     # --- waiting ------------------------------------------------------------------------------------------------
 
