@@ -20,25 +20,8 @@ CREATE INDEX IF NOT EXISTS process_branches_open ON process_branches (modified_a
 -- A branch message carries the branch's path; NULL for a process's own dispatch.
 ALTER TABLE outbox ADD COLUMN IF NOT EXISTS branch varchar DEFAULT NULL;
 
--- Stop the branches (pids[i], paths[i]) held with tokens[i]; the processes whose fork has no open branch left and
--- which no runner holds are claimed for `owner` (token bumped) and returned with their new token: the join (or
--- the settle) of each fork is decided here once. The process rows are locked first, in pid order, so two workers
--- stopping the last two branches of one fork at the same instant are serialised, and the second sees the first.
-CREATE OR REPLACE FUNCTION stop_branches(pids uuid[], paths varchar[], tokens bigint[], owner varchar, ttl float8)
-RETURNS TABLE (pid uuid, fencing_token bigint) LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-BEGIN
-    PERFORM 1 FROM processes p WHERE p.pid = ANY(pids) ORDER BY p.pid FOR UPDATE;
-    UPDATE process_branches b
-       SET status = 'stopped', lease_owner = NULL, lease_expires_at = NULL, modified_at = now()
-      FROM unnest(pids, paths, tokens) AS i(pid, path, token)
-     WHERE b.pid = i.pid AND b.path = i.path AND b.fencing_token = i.token AND b.status = 'running';
-    RETURN QUERY
-    UPDATE processes p
-       SET lease_owner = owner, lease_expires_at = now() + make_interval(secs => ttl),
-           fencing_token = p.fencing_token + 1, last_modified_at = now()
-     WHERE p.pid = ANY(pids) AND p.last_status = 'running' AND p.lease_owner IS NULL
-       AND NOT EXISTS (SELECT 1 FROM process_branches o WHERE o.pid = p.pid AND o.status <> 'stopped')
-    RETURNING p.pid, p.fencing_token;
-END
-$$;
+-- How many branches of the process's fork in flight are not stopped yet. Every statement that stops a branch (its
+-- row `running` -> `stopped`, fenced by its token, so a duplicate stops nothing) decrements it by the branches it
+-- stopped, on the process row: two branches stopping at the same instant on two workers are serialised by that row's
+-- lock, and the one that brings it to 0 claims the process (compare-and-set) to join the fork.
+ALTER TABLE processes ADD COLUMN IF NOT EXISTS open_branches integer NOT NULL DEFAULT 0;

@@ -5,8 +5,9 @@
   one outbox message per branch, in one statement fenced by its token.
 - `claim_branches` (group-committed): `dispatched` → `running` for this worker, token bumped; a duplicate or stale
   message finds another status and claims nothing. While the engine is paused the branch is parked instead.
-- `stop_branches` (group-committed): the branch is `stopped`; when no branch of its fork is open any more the
-  process is claimed for this worker (`stop_branches()` in migration 0004), which then joins or settles the fork.
+- `stop` (group-committed), or the branch's last step write (`stepwriter.py`) in the same statement: the branch is
+  `stopped` and its process's `open_branches` decremented (`JOIN_WHEN_LAST`); the statement that brings it to 0
+  claims the process for this worker, which then joins or settles the fork.
 - `park`: a branch that stopped before its next step (pause, shutdown) is `paused`, or dispatched again.
 - `resend`: a delivery handed back (no free slot, shutdown).
 - `redispatch` (the sweeper): expired leases, lost messages, and parked branches once the engine runs.
@@ -25,9 +26,24 @@ from orchestrator.persistence.events import OUTBOX_CHANNEL, EventPublisher
 from orchestrator.persistence.groupcommit import GroupCommit
 from orchestrator.persistence.records import Claim
 
+JOIN_WHEN_LAST = """, j AS (
+    UPDATE processes pr
+       SET open_branches = pr.open_branches - s.n,
+           lease_owner = CASE WHEN pr.open_branches = s.n THEN s.owner END,
+           lease_expires_at = CASE WHEN pr.open_branches = s.n THEN now() + make_interval(secs => s.lease_ttl) END,
+           fencing_token = pr.fencing_token + CASE WHEN pr.open_branches = s.n THEN 1 ELSE 0 END
+      FROM (SELECT b.pid, count(*)::int AS n, min(b.owner) AS owner, min(b.lease_ttl) AS lease_ttl
+              FROM b GROUP BY b.pid) s
+     WHERE pr.pid = s.pid AND pr.last_status = 'running' AND pr.lease_owner IS NULL
+ RETURNING pr.pid, pr.fencing_token, pr.open_branches
+)"""
+"""Appended to a statement whose CTE `b` returns (pid, owner, lease_ttl) per branch it stopped: `j` returns the
+processes touched, with `open_branches` 0 for those this statement claimed for `owner` to join (migration 0004)."""
+
 _DETACH = """
 WITH p AS (
-    UPDATE processes SET lease_owner = NULL, lease_expires_at = NULL, last_modified_at = now()
+    UPDATE processes SET lease_owner = NULL, lease_expires_at = NULL, last_modified_at = now(),
+           open_branches = cardinality($3::varchar[])
      WHERE pid = $1 AND fencing_token = $2 AND last_status = 'running'
  RETURNING pid
 ), b AS (
@@ -67,7 +83,17 @@ WITH i AS (
       FROM b JOIN processes p ON p.pid = b.pid WHERE b.status = 'running'
 )""" + CLAIM_LOAD.format(only=_OWN_ROWS)
 
-_STOP = "SELECT pid, fencing_token FROM stop_branches($1::uuid[], $2::varchar[], $3::bigint[], $4, $5)"
+_STOP = f"""
+WITH i AS (
+    SELECT * FROM unnest($1::uuid[], $2::varchar[], $3::bigint[]) AS t(pid, path, token)
+), b AS (
+    UPDATE process_branches b
+       SET status = 'stopped', lease_owner = NULL, lease_expires_at = NULL, modified_at = now()
+      FROM i WHERE b.pid = i.pid AND b.path = i.path AND b.fencing_token = i.token AND b.status = 'running'
+ RETURNING b.pid, $4::varchar AS owner, $5::float8 AS lease_ttl
+){JOIN_WHEN_LAST}
+SELECT pid, fencing_token FROM j WHERE open_branches = 0
+"""
 
 _LOAD = """
 WITH c AS (
@@ -170,9 +196,11 @@ class BranchClaims:
         """Stop the branch `claim` holds; the claim of its process when this was the fork's last open branch."""
         assert claim.branch is not None
         token = await self._stops.submit(_StopRequest(claim.pid, claim.branch, claim.token, owner, lease_ttl))
-        if token is None:
-            return None
-        row = await self.pool.fetchrow(_LOAD, claim.pid, token)
+        return None if token is None else await self.load(claim.pid, token)
+
+    async def load(self, pid: UUID, token: int) -> Claim | None:
+        """The claim of a process a branch's stop handed over (with `token`), with all its rows."""
+        row = await self.pool.fetchrow(_LOAD, pid, token)
         return None if row is None else claim_of(row)
 
     async def _stop_many(self, requests: list[_StopRequest]) -> list[int | None]:

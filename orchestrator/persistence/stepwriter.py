@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 from uuid import UUID
 
 import asyncpg
 
 from orchestrator.dsl.types import State
+from orchestrator.persistence.branch_claims import JOIN_WHEN_LAST
 from orchestrator.persistence.events import EventPublisher
 from orchestrator.persistence.groupcommit import GroupCommit
 from orchestrator.persistence.timers import TIMERS_CHANNEL
@@ -42,20 +44,25 @@ class StepOutcome:
     fence: str | None = None
     """Distributed mode: the branch of the fork in flight whose `process_branches` row fences this write (`token`
     is then that row's token); None: fenced by the process row, which the write updates."""
+    stop: bool = False
+    """With `fence`: this outcome ends the branch (its last step, or one that fails or waits): the branch row is
+    `stopped` in the same statement, and if it was the fork's last open branch the process is claimed for `owner`."""
+    owner: str | None = None
     wake_at: datetime | None = None
     """When a `waiting` process is to continue (a retry attempt, the end of a sleep): a timer row is written."""
     timer_kind: str | None = None
     attempt: int = 0
 
 
-_MANY = """
+_MANY = f"""
 WITH i AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[],
                          $7::varchar[], $8::varchar[], $9::jsonb[], $10::varchar[], $11::timestamptz[], $12::uuid[],
                          $13::float8[], $14::uuid[], $15::varchar[], $16::timestamptz[], $17::varchar[], $18::int[],
-                         $19::varchar[])
+                         $19::varchar[], $20::bool[], $21::varchar[])
         AS t(pid, token, process_status, step_name, assignee, failed_reason, traceback, step_status, state,
-             created_by, started_at, replace_id, lease_ttl, stepid, branch, wake_at, timer_kind, attempt, fence)
+             created_by, started_at, replace_id, lease_ttl, stepid, branch, wake_at, timer_kind, attempt, fence,
+             stop, owner)
 ), p AS (
     UPDATE processes pr
        SET last_status = i.process_status, last_step = i.step_name, assignee = i.assignee,
@@ -65,15 +72,21 @@ WITH i AS (
       FROM i
      WHERE pr.pid = i.pid AND pr.fencing_token = i.token AND pr.last_status = 'running' AND i.fence IS NULL
  RETURNING pr.pid
-), b AS (
-    UPDATE process_branches b SET lease_expires_at = now() + make_interval(secs => i.lease_ttl)
+), fenced AS (
+    UPDATE process_branches b
+       SET lease_expires_at = CASE WHEN i.stop THEN NULL ELSE now() + make_interval(secs => i.lease_ttl) END,
+           status = CASE WHEN i.stop THEN 'stopped' ELSE b.status END,
+           lease_owner = CASE WHEN i.stop THEN NULL ELSE b.lease_owner END,
+           modified_at = CASE WHEN i.stop THEN now() ELSE b.modified_at END
       FROM i
      WHERE b.pid = i.pid AND b.path = i.fence AND b.fencing_token = i.token AND b.status = 'running'
- RETURNING i.stepid
-), ok AS (
+ RETURNING i.stepid, i.stop, i.pid, i.owner, i.lease_ttl
+), b AS (
+    SELECT pid, owner, lease_ttl FROM fenced WHERE stop
+){JOIN_WHEN_LAST}, ok AS (
     SELECT i.* FROM i JOIN p ON p.pid = i.pid WHERE i.fence IS NULL
      UNION ALL
-    SELECT i.* FROM i JOIN b ON b.stepid = i.stepid
+    SELECT i.* FROM i JOIN fenced f ON f.stepid = i.stepid
 ), ins AS (
     INSERT INTO process_steps (stepid, pid, name, status, state, created_by, started_at, completed_at, branch)
     SELECT ok.stepid, ok.pid, ok.step_name, ok.step_status, ok.state, ok.created_by,
@@ -89,19 +102,27 @@ WITH i AS (
     SELECT ok.pid, ok.wake_at, ok.timer_kind, ok.attempt FROM ok WHERE ok.wake_at IS NOT NULL AND ok.fence IS NULL
         ON CONFLICT (pid) DO UPDATE SET due_at = excluded.due_at, kind = excluded.kind, attempt = excluded.attempt
 )
-SELECT (SELECT coalesce(array_agg(stepid), '{}') FROM ok) AS ok,
+SELECT (SELECT coalesce(array_agg(stepid), '{{}}') FROM ok) AS ok,
+       (SELECT coalesce(array_agg(pid ORDER BY pid), '{{}}') FROM j WHERE open_branches = 0) AS joined,
+       (SELECT coalesce(array_agg(fencing_token ORDER BY pid), '{{}}') FROM j WHERE open_branches = 0)
+           AS joined_tokens,
        coalesce((SELECT bool_or(global_lock) FROM engine_settings), false) AS locked
 """
 
 _COLUMNS = (
     "pid", "token", "process_status", "step_name", "assignee", "failed_reason", "traceback", "step_status", "state",
     "created_by", "started_at", "replace_stepid", "lease_ttl", "stepid", "branch", "wake_at", "timer_kind",
-    "attempt", "fence",
+    "attempt", "fence", "stop", "owner",
 )  # fmt: skip
 """StepOutcome fields in the order of the statement's parameters."""
 
-Result = tuple[bool, bool]
-"""(accepted, engine_locked)"""
+
+class Written(NamedTuple):
+    accepted: bool
+    engine_locked: bool
+    joined_token: int | None
+    """With `stop`: the process's new fencing token when this write stopped its fork's last open branch and claimed
+    the process (for the outcome's `owner`); None otherwise."""
 
 
 class StepWriter:
@@ -110,10 +131,10 @@ class StepWriter:
         self.events = events
         self._group = GroupCommit(self._write_many, on_alone_failing=_unstorable)
 
-    async def write(self, outcome: StepOutcome) -> Result:
+    async def write(self, outcome: StepOutcome) -> Written:
         return await self._group.submit(outcome)
 
-    async def _write_many(self, outcomes: list[StepOutcome]) -> list[Result]:
+    async def _write_many(self, outcomes: list[StepOutcome]) -> list[Written]:
         columns = [[getattr(o, name) for o in outcomes] for name in _COLUMNS]
         row = await self.pool.fetchrow(_MANY, *columns)
         assert row is not None
@@ -125,7 +146,11 @@ class StepWriter:
                 self.events.publish({**event, "branch": o.branch} if o.branch else event)
                 if o.wake_at is not None:
                     self.events.publish({"due": o.wake_at.timestamp()}, channel=TIMERS_CHANNEL)
-        return [(o.stepid in accepted, locked) for o in outcomes]
+        joined = dict(zip(row["joined"], row["joined_tokens"], strict=True))
+        return [
+            Written(o.stepid in accepted, locked, joined.pop(o.pid, None) if o.stop and o.stepid in accepted else None)
+            for o in outcomes
+        ]
 
 
 def _unstorable(exc: Exception) -> Exception:

@@ -53,6 +53,8 @@ class ForkRun(Protocol):
     resume_path: str | None
     locked: bool
     closing: bool
+    stopped: bool
+    joined_token: int | None
     rows: list[StepRow]
     inflight: list[StepRow]
     last: Any

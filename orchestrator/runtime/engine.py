@@ -109,6 +109,7 @@ class Engine:
         """Run the branch `claim` holds (distributed mode); stop it, or park it when it stopped before a step.
         Return the claim of its process when this was the fork's last open branch: the caller runs it on."""
         run = _Run(self, claim, stopping, _no_redispatch)
+        run.owner = owner
         log = logger.bind(process_id=str(claim.pid), branch=claim.branch)
         wf = self.registry.get(claim.workflow_name)
         if wf is None:
@@ -124,6 +125,10 @@ class Engine:
         if outcome is None:
             await self.store.branch_claims.park(claim, paused=run.locked)
             return None
+        if run.stopped:  # its last write stopped the branch
+            return (
+                None if run.joined_token is None else await self.store.branch_claims.load(claim.pid, run.joined_token)
+            )
         return await self.store.branch_claims.stop(claim, owner=owner, lease_ttl=self.lease_ttl)
 
 
@@ -146,6 +151,12 @@ class _Run:
         """The fork in flight is to be joined from its rows (its branches ran on other workers)."""
         self.fence = claim.branch
         """Distributed mode: the branch whose row (and token) fences this run's writes; None: the process row."""
+        self.owner: str | None = None
+        """Distributed mode: the runner that gets the process when this branch is its fork's last to stop..."""
+        self.stopped = False
+        """...whether a write of this run stopped its branch..."""
+        self.joined_token: int | None = None
+        """...and if that made the process this runner's, its new token."""
         self.branch: str | None = None
         """The branch this run writes rows for (runtime/branches.py); None for the workflow's own steps."""
         self.pending: State | None = None
@@ -232,7 +243,10 @@ class _Run:
             if isinstance(result, branches.Unjoined | spread.Detached):  # the fork writes no row (yet)
                 return result
             result, wake = next_wake(step, result, self.last)
-            result = await self._write(step.name, result, step.assignee, wake)
+            ends = (
+                self.fence is not None and self.branch == self.fence and (not result.runs_next or step is remaining[-1])
+            )
+            result = await self._write(step.name, result, step.assignee, wake, stop=ends)
             if not result.runs_next:
                 return result
         return result
@@ -271,6 +285,11 @@ class _Run:
         )
         return {**defaults, **state}
 
+    @property
+    def _ends_branch(self) -> bool:
+        """This run is a claimed branch's own (not a nested branch's): its final outcome stops the branch."""
+        return self.fence is not None and self.branch == self.fence
+
     def _status_of(self, result: Process) -> ProcessStatus:
         return self._classify(result)[0]
 
@@ -283,16 +302,20 @@ class _Run:
             return ProcessStatus.FAILED, Assignee.SYSTEM
         return result.process_status, str(step_assignee)
 
-    async def _write(self, name: str, result: Process, assignee: str, wake: Wake | None = None) -> Process:
+    async def _write(
+        self, name: str, result: Process, assignee: str, wake: Wake | None = None, *, stop: bool = False
+    ) -> Process:
         """Persist a step outcome (one statement, with the timer `wake` sets); return the result carrying the state
-        as stored."""
+        as stored. `stop`: the outcome ends this run's branch (distributed mode)."""
         try:
-            return await self._write_once(name, result, assignee, wake)
+            return await self._write_once(name, result, assignee, wake, stop=stop)
         except (TypeError, ValueError) as exc:  # a state that cannot be stored fails the step instead
             self.logger.warning("step result could not be stored", step=name, error=str(exc))
-            return await self._write_once(name, Failed(error_state(exc), exc), assignee)
+            return await self._write_once(name, Failed(error_state(exc), exc), assignee, stop=self._ends_branch)
 
-    async def _write_once(self, name: str, result: Process, assignee: str, wake: Wake | None = None) -> Process:
+    async def _write_once(
+        self, name: str, result: Process, assignee: str, wake: Wake | None = None, *, stop: bool = False
+    ) -> Process:
         state = dict(result.state)
         name = state.pop(STEP_NAME_OVERRIDE, name)
         replace = bool(state.pop(REPLACE_LAST_STATE, False))
@@ -334,14 +357,18 @@ class _Run:
             lease_ttl=self.engine.lease_ttl,
             branch=self.branch,
             fence=self.fence,
+            stop=stop,
+            owner=self.owner,
             wake_at=wake.at if wake else None,
             timer_kind=wake.kind if wake else None,
             attempt=wake.attempt if wake else 0,
         )
-        ok, locked = await self.store.steps.write(outcome)
-        if not ok:
+        written = await self.store.steps.write(outcome)
+        if not written.accepted:
             raise ClaimLostError(self.claim.pid)
-        self.locked = locked
+        self.locked = written.engine_locked
+        self.stopped = self.stopped or stop
+        self.joined_token = written.joined_token
         self.last = LastRow(outcome.stepid, name, status, self.user, state, None)
         self.logger.debug("step logged", step=name, status=status)
         return type(result)(state, result.exception)

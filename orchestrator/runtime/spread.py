@@ -65,10 +65,10 @@ async def run_claimed_branch(run: ForkRun, wf: Workflow) -> Process | None:
         raise ClaimLostError(run.claim.pid)
     base = cleared[-1].state if cleared else run.initial_state(wf)
     fork_state = {k: v for k, v in base.items() if k != LAST_STEP_STARTED_AT}
-    br = next((b for b in step.fork.expand(fork_state) if b.label == path), None)
+    br = step.fork.branch_labelled(fork_state, path)
     if br is None:
         raise ClaimLostError(run.claim.pid)
     branch = run.branch_run(path, *scope(by_child(run.inflight, None).get(path, []), path))
     outcome = await run_branch(branch, br)
-    run.locked = branch.locked
+    run.locked, run.stopped, run.joined_token = branch.locked, branch.stopped, branch.joined_token
     return outcome
