@@ -243,9 +243,7 @@ class _Run:
             if isinstance(result, branches.Unjoined | spread.Detached):  # the fork writes no row (yet)
                 return result
             result, wake = next_wake(step, result, self.last)
-            ends = (
-                self.fence is not None and self.branch == self.fence and (not result.runs_next or step is remaining[-1])
-            )
+            ends = self._ends_branch and (not result.runs_next or step is remaining[-1])
             result = await self._write(step.name, result, step.assignee, wake, stop=ends)
             if not result.runs_next:
                 return result

@@ -149,7 +149,7 @@ async def test_a_fenced_out_runner_cannot_commit(orch: Orchestrator) -> None:
     async with orch.store.transaction() as tx:
         taken = await orch.store.take_over_expired(tx)
     assert [ref.pid for ref in taken] == [pid]
-    ok, _ = await orch.store.steps.write(
+    written = await orch.store.steps.write(
         StepOutcome(
             pid=pid,
             token=claim.token,
@@ -167,5 +167,5 @@ async def test_a_fenced_out_runner_cannot_commit(orch: Orchestrator) -> None:
             lease_ttl=1.0,
         )
     )
-    assert ok is False
+    assert written.accepted is False
     assert ("late", "success") not in await step_rows(orch.store.pool, pid)
