@@ -182,7 +182,7 @@ class CeleryShim:
         self._pending: dict[UUID, dict[str, CeleryTask]] = {}  # pid -> task id -> a task whose client waits
         self._wake = asyncio.Event()
         # After each (re)connect: re-check, as notifications sent while not listening are gone.
-        self._listener = Listener(pool, EVENTS_CHANNEL, self._on_event, on_listening=self._wake.set)
+        self._listener = Listener(pool)
         self._background: list[asyncio.Task[None]] = []
 
     @property
@@ -193,7 +193,7 @@ class CeleryShim:
 
     async def start(self) -> None:
         await self.consumer.start()
-        await self._listener.start()
+        await self._listener.subscribe(EVENTS_CHANNEL, self._on_event, on_listening=self._wake.set)
         self._background = [asyncio.create_task(self._answer_forever(), name="celery-shim-replies")]
         logger.info(
             "celery shim started",
@@ -313,7 +313,8 @@ class CeleryShim:
 
 
 def run_shim(settings: AppSettings) -> int:
-    """`orchestrator celery-shim`: run until SIGTERM/SIGINT; 0 when stopped, 2 on a configuration error."""
+    """`orchestrator celery-shim`: run until SIGTERM/SIGINT; 0 when stopped, 2 on a configuration error or an
+    unreachable broker."""
     try:
         check_layout(settings)
     except ValueError as exc:
@@ -335,8 +336,12 @@ async def _serve(settings: AppSettings) -> int:
         try:
             await shim.start()
         except (AMQPError, ConnectionError, OSError) as exc:
-            print(f"orchestrator celery-shim: cannot consume from the Celery broker: {exc}", file=sys.stderr)
-            return 1
+            print(
+                f"orchestrator celery-shim: cannot consume from the Celery broker: {exc}; check CELERY_BROKER_URL "
+                "(or BROKER_URL) and that the broker runs",
+                file=sys.stderr,
+            )
+            return 2
         try:
             await stop.wait()
         finally:

@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import WebSocketRoute
 
-from orchestrator.http import engine_settings, health, live, metrics, openapi, processes, schedules, workflows
+from orchestrator.http import docs, engine_settings, health, live, metrics, openapi, processes, schedules, workflows
 from orchestrator.http.auth import BearerTokenMiddleware, RequestAuthorizer, allow_all
 from orchestrator.http.context import AppContext
 from orchestrator.http.hub import EventHub
@@ -38,9 +38,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     if ctx.given is None:
         ctx.opened = await Orchestrator(ctx.settings).open()
     try:
-        location = ctx.orchestrator.location
-        assert location is not None
-        ctx.hub = EventHub(location.dsn)
+        ctx.hub = EventHub(ctx.orchestrator.store.listener)
         await ctx.hub.start()
         try:
             yield
@@ -65,7 +63,11 @@ def create_app(
     if settings.API_TOKEN is not None:
         middleware.insert(0, Middleware(BearerTokenMiddleware, token=settings.API_TOKEN.get_secret_value()))
     app = Starlette(
-        routes=[*build_routes(operations), WebSocketRoute(live.WEBSOCKET_PATH, live.events_websocket)],
+        routes=[
+            *build_routes(operations),
+            WebSocketRoute(live.WEBSOCKET_PATH, live.events_websocket),
+            *docs.ROUTES,
+        ],
         middleware=middleware,
         exception_handlers=dict(HANDLERS),
         lifespan=lifespan,

@@ -1,4 +1,5 @@
-"""One PostgreSQL LISTEN connection per app instance, fanned out to the live-update subscribers (websockets, SSE).
+"""A LISTEN per app instance, on the program's shared listening connection (`Store.listener`), fanned out to the
+live-update subscribers (websockets, SSE).
 
 Every process change is NOTIFYed on `EVENTS_CHANNEL` once it has committed, whichever API instance or worker made
 it, so every instance sees every change without Redis. Subscribers get bounded queues: a client too slow to
@@ -17,12 +18,12 @@ import structlog
 from orchestrator.dsl import jsonutil
 from orchestrator.persistence.events import EVENTS_CHANNEL
 from orchestrator.persistence.listener import Listener
+from orchestrator.persistence.listener import Subscription as ListenerSubscription
 
 logger = structlog.get_logger(__name__)
 
 Event = dict[str, Any]
 
-APPLICATION_NAME = "orchestrator-events"
 _CLOSED: Event = {}
 
 
@@ -57,17 +58,12 @@ class Subscription:
 
 
 class EventHub:
-    def __init__(self, dsn: str, *, queue_size: int = 256, check_interval: float = 5.0) -> None:
+    def __init__(self, listener: Listener, *, queue_size: int = 256) -> None:
+        """`listener`: the program's shared LISTEN connection (`Store.listener`)."""
         self.queue_size = queue_size
         self._subscribers: set[Subscription] = set()
-        self._listener = Listener(
-            dsn,
-            EVENTS_CHANNEL,
-            self._on_notify,
-            on_listening=self._on_listening,
-            application_name=APPLICATION_NAME,
-            check_interval=check_interval,
-        )
+        self._listener = listener
+        self._listening: ListenerSubscription | None = None
 
     def subscribe(self) -> Subscription:
         """A new subscriber; every subscribe must be paired with `unsubscribe`."""
@@ -106,8 +102,12 @@ class EventHub:
 
     async def start(self) -> None:
         """LISTEN (failing if the database cannot be reached now), then keep listening in the background."""
-        await self._listener.start(require_connection=True)
+        self._listening = await self._listener.subscribe(
+            EVENTS_CHANNEL, self._on_notify, on_listening=self._on_listening, require_connection=True
+        )
 
     async def stop(self) -> None:
         self.close_subscriptions()
-        await self._listener.stop()
+        if self._listening is not None:
+            await self._listener.unsubscribe(self._listening)
+            self._listening = None

@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import suppress
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -97,6 +98,16 @@ async def _forward(websocket: WebSocket, subscription: Subscription) -> None:
         return
 
 
+class ProcessEvent(BaseModel):
+    """One Server-Sent Event of the stream (OpenAPI 3.1 describes a stream by its events)."""
+
+    event: Literal["process"]
+    data: str = Field(
+        description="A JSON object: `pid` and what changed (`status`, `step`, `progress`, `note`)",
+        json_schema_extra={"contentMediaType": "application/json"},
+    )
+
+
 def _sse(event: Event) -> bytes:
     return b"event: process\ndata: " + jsonutil.dumps(event) + b"\n\n"
 
@@ -130,7 +141,7 @@ async def _events_of(request: Request, pid: UUID, subscription: Subscription) ->
     summary="Stream a process's changes (Server-Sent Events)",
     params=[PROCESS_ID],
     replies=[
-        Reply(200, "`event: process` messages; the first is the current status", str, "text/event-stream"),
+        Reply(200, "`event: process` messages; the first is the current status", ProcessEvent, "text/event-stream"),
         Reply(404, "No such process"),
     ],
 )

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictBool
 
 Epoch = Annotated[datetime, PlainSerializer(lambda value: value.timestamp(), return_type=float)]
 JSONObject = dict[str, Any]
@@ -135,7 +135,7 @@ class WorkflowOut(BaseModel):
 class EngineLock(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    global_lock: bool
+    global_lock: StrictBool
 
 
 class EngineStatus(BaseModel):

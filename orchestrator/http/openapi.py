@@ -1,6 +1,11 @@
 """The OpenAPI 3.1 document, generated from the operations' declarations and their pydantic models, so that it
 describes the routes the app actually serves. Replies every operation can give are added here: 500, 403 (the
-authorizer), 401 (with API_TOKEN), 422 (bad parameters or body) and 413 (body too large).
+authorizer), 401 (with API_TOKEN), 422 (a parameter or the body does not fit this document), 413 (body too large)
+and 415 (a body that is not JSON). A request that fits the document but whose values cannot be used (a form page
+the workflow refuses, an unknown filter field, a cron expression that never fires) is a 400.
+
+The workflow keys this program has loaded are the `examples` of `{workflow_key}`, so that a client (or a fuzzer)
+finds workflows to start.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from orchestrator.http.auth import PUBLIC_PATHS
 from orchestrator.http.context import context
 from orchestrator.http.live import WEBSOCKET_PATH
 from orchestrator.http.models import ProblemDetails, ValidationProblem
+from orchestrator.http.params import WORKFLOW_KEY
 from orchestrator.http.problems import PROBLEM_MEDIA_TYPE
 from orchestrator.http.routing import Api, Operation, Param, Reply, adapter, json_reply
 
@@ -36,6 +42,8 @@ def _common_replies(op: Operation, secured: bool) -> list[Reply]:
         replies.append(Reply(422, "A parameter or the body does not fit (`validation_errors`)", ValidationProblem))
     if op.body:
         replies.append(Reply(413, "The body is larger than MAX_BODY_BYTES"))
+        media = "JSON or text/plain" if op.body.text else "JSON"
+        replies.append(Reply(415, f"The body's content type is not {media}"))
     return replies
 
 
@@ -70,13 +78,16 @@ class _Schemas:
         return self._refs[(model, mode)]
 
 
-def _parameter(param: Param) -> dict[str, Any]:
+def _parameter(param: Param, workflow_keys: Sequence[str]) -> dict[str, Any]:
+    schema = dict(param.schema)
+    if param == WORKFLOW_KEY and workflow_keys:
+        schema["examples"] = list(workflow_keys)
     return {
         "name": param.name,
         "in": param.where,
         "required": param.required,
         "description": param.description,
-        "schema": dict(param.schema),
+        "schema": schema,
     }
 
 
@@ -93,13 +104,13 @@ def _response(reply: Reply, schemas: _Schemas) -> dict[str, Any]:
     return response
 
 
-def _operation(op: Operation, schemas: _Schemas, secured: bool) -> dict[str, Any]:
+def _operation(op: Operation, schemas: _Schemas, secured: bool, workflow_keys: Sequence[str]) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "operationId": op.endpoint.__name__,
         "summary": op.summary,
         "description": op.description,
         "tags": [op.tag],
-        "parameters": [_parameter(p) for p in op.params],
+        "parameters": [_parameter(p, workflow_keys) for p in op.params],
         "responses": {str(reply.status): _response(reply, schemas) for reply in _replies(op, secured)},
     }
     if op.body is not None:
@@ -112,7 +123,7 @@ def _operation(op: Operation, schemas: _Schemas, secured: bool) -> dict[str, Any
     return entry
 
 
-def document(operations: Sequence[Operation], *, secured: bool) -> dict[str, Any]:
+def document(operations: Sequence[Operation], *, secured: bool, workflow_keys: Sequence[str] = ()) -> dict[str, Any]:
     schemas = _Schemas()
     for op in operations:
         if op.body is not None:
@@ -123,7 +134,7 @@ def document(operations: Sequence[Operation], *, secured: bool) -> dict[str, Any
     schemas.resolve()
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
-        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, schemas, secured)
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, schemas, secured, workflow_keys)
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
@@ -157,5 +168,7 @@ async def openapi(request: Request) -> Response:
     ctx = context(request)
     await ctx.authorize(request, "read")
     if not ctx.openapi:
-        ctx.openapi = document(ctx.operations, secured=ctx.settings.API_TOKEN is not None)
+        ctx.openapi = document(
+            ctx.operations, secured=ctx.settings.API_TOKEN is not None, workflow_keys=sorted(ctx.orchestrator.registry)
+        )
     return json_reply(dict[str, Any], ctx.openapi)

@@ -33,6 +33,24 @@ from orchestrator.services import QueryError, ValueRefusedError
 logger = structlog.get_logger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+MAX_ECHO = 200
+"""Characters of a client's input (a workflow key, a field's value) echoed back in a problem."""
+MAX_DETAIL = 500
+"""A detail longer than this (one that quotes a long input) is cut."""
+
+
+def shorten(text: str, limit: int = MAX_ECHO) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def _echo(value: Any) -> Any:
+    """A bad input as echoed in `validation_errors`: long strings and large structures cut to MAX_ECHO."""
+    if isinstance(value, str):
+        return shorten(value)
+    if isinstance(value, dict | list) and len(text := jsonutil.dumps_str(value)) > MAX_ECHO:
+        return shorten(text)
+    return value
+
 
 STATUS_OF: Mapping[type[OrchestratorError], int] = {
     WorkflowNotFoundError: 404,
@@ -43,7 +61,7 @@ STATUS_OF: Mapping[type[OrchestratorError], int] = {
     ProcessStatusError: 409,
     EngineLockedError: 503,
     ScheduleNotFoundError: 404,
-    ScheduleError: 422,
+    ScheduleError: 400,
     ActionNotAllowedError: 400,
 }
 
@@ -65,7 +83,8 @@ class Problem(Response):
             phrase = HTTPStatus(status).phrase
         except ValueError:
             phrase = "Error"
-        body = {"type": type, "title": title or phrase, "status": status, "detail": detail or phrase, **extra}
+        detail = shorten(detail or phrase, MAX_DETAIL)
+        body = {"type": type, "title": title or phrase, "status": status, "detail": detail, **extra}
         super().__init__(jsonutil.dumps(body), status_code=status, headers=headers)
 
 
@@ -80,7 +99,8 @@ class InvalidRequestError(Exception):
     @classmethod
     def at(cls, *loc: str, msg: str, kind: str, detail: str = "The request is not valid", **extra: Any) -> Self:
         """One error at `loc` (`"path", "process_id"`), in pydantic's shape."""
-        return cls([{"loc": list(loc), "msg": msg, "type": kind, **extra}], detail)
+        echoed = {key: _echo(value) if key == "input" else value for key, value in extra.items()}
+        return cls([{"loc": list(loc), "msg": msg, "type": kind, **echoed}], detail)
 
 
 def plain_errors(errors: Any) -> list[dict[str, Any]]:
@@ -88,6 +108,8 @@ def plain_errors(errors: Any) -> list[dict[str, Any]]:
     result = []
     for error in errors:
         item = {k: v for k, v in dict(error).items() if k != "ctx"}
+        if "input" in item:
+            item["input"] = _echo(item["input"])
         if "ctx" in error:
             item["ctx"] = {
                 k: v if isinstance(v, str | int | float | bool | None) else str(v) for k, v in error["ctx"].items()
@@ -98,7 +120,10 @@ def plain_errors(errors: Any) -> list[dict[str, Any]]:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return Problem(exc.status_code, exc.detail, headers=exc.headers)
+    detail = exc.detail
+    if exc.status_code == 405 and exc.headers and "Allow" in exc.headers:
+        detail = f"{request.method} is not allowed here: this URL takes {exc.headers['Allow']}"
+    return Problem(exc.status_code, detail, headers=exc.headers)
 
 
 async def orchestrator_error(request: Request, exc: Exception) -> Response:
@@ -141,8 +166,9 @@ async def form_overflow(request: Request, exc: Exception) -> Response:
 
 
 async def data_refused(request: Request, exc: Exception) -> Response:
-    """PostgreSQL refused a value from the request (a NUL character, an out-of-range date): bad input, not a bug."""
-    return Problem(422, f"A value was refused by the database: {exc}")
+    """PostgreSQL refused a value from the request (a NUL character, an out-of-range date): bad input, not a bug.
+    400 as for every value that fits the operation's schema but cannot be used (422: does not fit the schema)."""
+    return Problem(400, f"A value was refused by the database: {exc}")
 
 
 async def server_error(request: Request, exc: Exception) -> Response:

@@ -22,12 +22,26 @@ from orchestrator.http.models import (
     StatusCounts,
     ValidationProblem,
 )
-from orchestrator.http.params import PROCESS_ID, REPORTER, json_body, path_uuid, text_body
+from orchestrator.http.params import (
+    PROCESS_ID,
+    REPORTER,
+    WORKFLOW_KEY,
+    is_json,
+    json_body,
+    path_uuid,
+    text_body,
+    unsupported_media_type,
+)
 from orchestrator.http.routing import Api, Body, Param, Reply, json_reply
 
 api = Api("processes")
 
 NOT_FOUND = Reply(404, "No such process")
+NOT_A_PROCESS_ID = Reply(
+    405,
+    "Not a process id (a UUID): the URL is a workflow's, which only POST (start) takes",
+    headers={"Allow": "The methods the URL takes"},
+)
 ENGINE_PAUSED = Reply(503, "The engine is paused")
 FORM_INVALID = Reply(400, "A form page is not valid (`validation_errors`)", ValidationProblem)
 FORM_INCOMPLETE = Reply(510, "The form needs another page (`form`: its JSON schema)", FormIncompleteProblem)
@@ -108,7 +122,7 @@ async def resume_all(request: Request) -> Response:
     "POST",
     "/api/processes/{workflow_key}",
     summary="Start a process",
-    params=[Param("workflow_key", "path", {"type": "string"}, "The workflow's key", required=True), REPORTER],
+    params=[WORKFLOW_KEY, REPORTER],
     body=Body(StartPages, "The initial form's pages, one object each (`[{}]` without a form)"),
     replies=[
         Reply(201, "Created and dispatched", Created),
@@ -137,7 +151,7 @@ async def start_process(request: Request) -> Response:
     "/api/processes/{process_id}",
     summary="Get a process with its steps, current state and the form it waits on",
     params=[PROCESS_ID],
-    replies=[Reply(200, "The process", ProcessOut), NOT_FOUND],
+    replies=[Reply(200, "The process", ProcessOut), NOT_FOUND, NOT_A_PROCESS_ID],
 )
 async def get_process(request: Request) -> Response:
     """`steps` lists the executed step rows, then `{name, status: "pending"}` for each remaining step."""
@@ -153,7 +167,7 @@ async def get_process(request: Request) -> Response:
     summary="Change a process's note",
     params=[PROCESS_ID],
     body=Body(NotePatch, "The fields to change"),
-    replies=[Reply(200, "The process", ProcessOut), NOT_FOUND],
+    replies=[Reply(200, "The process", ProcessOut), NOT_FOUND, NOT_A_PROCESS_ID],
 )
 async def update_process(request: Request) -> Response:
     ctx = context(request)
@@ -170,7 +184,7 @@ async def update_process(request: Request) -> Response:
     "/api/processes/{process_id}",
     summary="Delete a task's process",
     params=[PROCESS_ID],
-    replies=[Reply(204, "Deleted"), Reply(400, "Not a task: only tasks can be deleted"), NOT_FOUND],
+    replies=[Reply(204, "Deleted"), Reply(400, "Not a task: only tasks can be deleted"), NOT_FOUND, NOT_A_PROCESS_ID],
 )
 async def delete_process(request: Request) -> Response:
     ctx = context(request)
@@ -265,9 +279,12 @@ async def callback_progress(request: Request) -> Response:
     ctx = context(request)
     pid = path_uuid(request, "process_id")
     await ctx.authorize(request, "callback", str(pid))
-    if request.headers.get("content-type", "application/json").startswith("text/"):
+    content_type = request.headers.get("content-type")
+    if content_type is not None and content_type.lower().startswith("text/plain"):
         progress: object = await text_body(request)
-    else:
+    elif is_json(content_type):
         progress = await json_body(request, ProgressPayload)
+    else:
+        raise unsupported_media_type(content_type, "application/json or text/plain")
     await services.report_callback_progress(pid, request.path_params["token"], progress, orchestrator=ctx.orchestrator)
     return json_reply(type(None), None)

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Literal
+from uuid import UUID
 
 from pydantic import TypeAdapter
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -107,25 +110,58 @@ def json_reply(model: Any, value: Any, *, status: int = 200, headers: Mapping[st
     return Response(ta.dump_json(ta.validate_python(value)), status, headers, media_type="application/json")
 
 
-def _dispatcher(operations: Sequence[Operation]) -> Endpoint:
-    """One endpoint per URL template: picks the operation by method and gives it its own path parameter names
-    (`POST /api/processes/{workflow_key}` and `GET /api/processes/{process_id}` share a template)."""
-    by_method = {op.method: op for op in operations}
-    if "GET" in by_method:
-        by_method.setdefault("HEAD", by_method["GET"])
+def _is_uuid(text: str) -> bool:
+    try:
+        UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+class _UUIDRoute(Route):
+    """A route whose `format: uuid` path parameters match only UUIDs: `/api/processes/{process_id}` and
+    `/api/processes/{workflow_key}` share a template, and a method one of them lacks must be a 405 naming the methods
+    of the operation the URL is for, not a 422 from the other one."""
+
+    def __init__(self, path: str, endpoint: Endpoint, *, methods: list[str], uuid_params: Sequence[str]) -> None:
+        super().__init__(path, endpoint, methods=methods)
+        self.uuid_params = tuple(uuid_params)
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is not Match.NONE and not all(_is_uuid(child["path_params"][name]) for name in self.uuid_params):
+            return Match.NONE, {}
+        return match, child
+
+
+def _uuid_params(operations: Sequence[Operation]) -> list[str]:
+    return [
+        p.name
+        for op in operations
+        for p in op.params
+        if p.where == "path" and p.schema.get("format") == "uuid" and p.name in op.path_params
+    ]
+
+
+def _route(operations: Sequence[Operation], shared: bool) -> Route:
+    by_method = {op.method: op.endpoint for op in operations}
 
     async def dispatch(request: Request) -> Response:
-        op = by_method[request.method]
-        request.scope["path_params"] = dict(zip(op.path_params, request.path_params.values(), strict=True))
-        return await op.endpoint(request)
+        return await by_method["GET" if request.method == "HEAD" else request.method](request)
 
-    return dispatch
+    methods = list(by_method)
+    uuid_params = _uuid_params(operations)
+    if shared and uuid_params:
+        return _UUIDRoute(operations[0].path, dispatch, methods=methods, uuid_params=sorted(set(uuid_params)))
+    return Route(operations[0].path, dispatch, methods=methods)
 
 
 def build_routes(operations: Sequence[Operation]) -> list[Route]:
-    """Starlette routes, literal paths before templated ones (`/processes/status-counts` before `/{process_id}`)."""
+    """Starlette routes, literal paths before templated ones (`/processes/status-counts` before `/{process_id}`).
+    Where two paths share a template, the one with UUID parameters comes first and matches only UUIDs."""
     groups: dict[str, list[Operation]] = {}
     for op in operations:
-        groups.setdefault(_PATH_PARAM.sub("{}", op.path), []).append(op)
-    ordered = sorted(groups.values(), key=lambda ops: len(ops[0].path_params))
-    return [Route(ops[0].path, _dispatcher(ops), methods=[op.method for op in ops]) for ops in ordered]
+        groups.setdefault(op.path, []).append(op)
+    templates = Counter(_PATH_PARAM.sub("{}", path) for path in groups)
+    routes = [_route(ops, templates[_PATH_PARAM.sub("{}", path)] > 1) for path, ops in groups.items()]
+    return sorted(routes, key=lambda route: (len(route.param_convertors), not isinstance(route, _UUIDRoute)))

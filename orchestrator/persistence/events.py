@@ -26,13 +26,18 @@ EVENTS_CHANNEL = "orchestrator_events"
 OUTBOX_CHANNEL = "orchestrator_outbox"
 """NOTIFY channel of new outbox rows: wakes the outbox relays of every instance (`outbox.py`)."""
 
-_NOTIFY = "SELECT count(pg_notify(channel, payload)) FROM unnest($1::text[], $2::text[]) AS t(channel, payload)"
+# A NOTIFY gives its transaction an id, hence a commit record: committed asynchronously (not waiting for its WAL
+# flush), as a hint is worth no flush, and the notifying commits of all programs queue on one lock meanwhile.
+_NOTIFY = """
+SELECT count(pg_notify(channel, payload)) FROM unnest($1::text[], $2::text[]) AS t(channel, payload)
+ WHERE set_config('synchronous_commit', 'off', true) = 'off'
+"""
 
 
 class EventPublisher:
     def __init__(self, pool: asyncpg.Pool, *, linger: float = 0.01) -> None:
-        """`linger`: how long the first event of a batch waits for others. A NOTIFY gives its transaction an id,
-        hence a commit record and a WAL flush; 10 ms of delay on a cache-invalidation hint saves a flush per step."""
+        """`linger`: how long the first event of a batch waits for others. Each NOTIFY is a transaction, and wakes
+        every listening connection of the database; 10 ms of delay on a cache-invalidation hint saves one per step."""
         self.pool = pool
         self.linger = linger
         self._pending: list[tuple[str, str]] = []

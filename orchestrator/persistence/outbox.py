@@ -1,8 +1,10 @@
 """The transactional outbox of distributed mode: a dispatch is an `outbox` row written in the transaction of the
 status change that needs it, so the two commit together or not at all; a relay publishes the rows and deletes them.
 
-Once a transaction holding outbox rows has committed, `OUTBOX_CHANNEL` is NOTIFYed (once, however many rows it
-holds) to wake the relays of the other instances; they also poll, so a lost notification only delays.
+Once a transaction holding outbox rows has committed, the program that wrote them wakes its own relay; only when
+that relay is not publishing is `OUTBOX_CHANNEL` NOTIFYed (`announce_outbox`), to wake the relays of the other
+instances: each woken relay runs a drain, which finds nothing when the writer's relay was first. Relays also
+poll, so a lost notification only delays.
 """
 
 from __future__ import annotations
@@ -27,8 +29,12 @@ WITH waiting AS (
 INSERT INTO outbox (queue, actor, pid, run_by) SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM waiting)
 """
 
-_SELECT = "SELECT id, queue, actor, pid, run_by, branch FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
-_DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
+# Deleted as they are locked, in one statement: the rows stay locked until the drain's transaction ends, and come
+# back if it rolls back.
+_TAKE = """
+DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+RETURNING id, queue, actor, pid, run_by, branch
+"""
 
 
 class OutboxRow(NamedTuple):
@@ -45,17 +51,14 @@ class OutboxStatements(Statements):
     async def enqueue_dispatch(self, tx: Transaction, *, queue: str, actor: str, pid: UUID, run_by: str) -> None:
         """Write a dispatch of `actor` for the process to `queue`, committed with `tx`."""
         await tx.conn.execute(_ENQUEUE, queue, actor, pid, run_by)
-        tx.on_commit_once(self._notify_relays)
 
-    def _notify_relays(self) -> None:
+    def announce_outbox(self) -> None:
+        """Wake the relays of every instance (a NOTIFY, sent with the next batch of events)."""
         self.events.publish({}, channel=OUTBOX_CHANNEL)
 
     @asynccontextmanager
     async def outbox_batch(self, limit: int) -> AsyncIterator[list[OutboxRow]]:
-        """Lock the `limit` oldest rows no other relay holds, in one transaction: deleted when the block returns
+        """The `limit` oldest rows no other relay holds, in one transaction: deleted when the block returns
         (commit), kept for the next try when it raises (rollback)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = [OutboxRow(*row) for row in await conn.fetch(_SELECT, limit)]
-            yield rows
-            if rows:
-                await conn.execute(_DELETE, [row.id for row in rows])
+            yield sorted(OutboxRow(*row) for row in await conn.fetch(_TAKE, limit))

@@ -22,14 +22,7 @@ APPLICATION_NAME = "orchestrator-watch"
 class ProcessWatch:
     def __init__(self, dsn: str, *, check_interval: float = 5.0) -> None:
         """Nothing connects until the first `changes()`: a program that never waits holds no extra connection."""
-        self._listener = Listener(
-            dsn,
-            EVENTS_CHANNEL,
-            self._on_notify,
-            on_listening=self._wake_all,
-            application_name=APPLICATION_NAME,
-            check_interval=check_interval,
-        )
+        self._listener = Listener(dsn, application_name=APPLICATION_NAME, check_interval=check_interval)
         self._waiters: dict[UUID, set[asyncio.Event]] = {}
         self._started = False
 
@@ -42,7 +35,7 @@ class ProcessWatch:
         self._waiters.setdefault(pid, set()).add(changed)
         if not self._started:
             self._started = True
-            await self._listener.start()
+            await self._listener.subscribe(EVENTS_CHANNEL, self._on_notify, on_listening=self._wake_all)
         try:
             yield changed
         finally:

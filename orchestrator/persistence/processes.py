@@ -11,7 +11,8 @@ from typing import Any
 from uuid import UUID
 
 from orchestrator.dsl.types import ProcessStatus, State
-from orchestrator.persistence.records import Lease, NewProcess, ProcessRef
+from orchestrator.persistence.creates import CREATE_MANY, NewRow, ProcessCreator, columns
+from orchestrator.persistence.records import Dispatch, Lease, NewProcess, ProcessRef
 from orchestrator.persistence.statements import Statements
 from orchestrator.persistence.transaction import Transaction
 
@@ -25,20 +26,6 @@ STEPS_AGG = """
 """
 """The step rows of the process aliased `{alias}` (`only`: a further condition on `s`, or ""), oldest first, as one
 JSON array (read with `step_rows`)."""
-
-_CREATE = """
-WITH p AS (
-    INSERT INTO processes (pid, workflow_id, last_status, created_by, is_task, run_by,
-                           lease_owner, lease_expires_at, fencing_token)
-    SELECT $1, $2, CASE WHEN $6::varchar IS NULL THEN 'created' ELSE 'running' END, $3, $4, $3,
-           $6, now() + make_interval(secs => $7::float8), CASE WHEN $6::varchar IS NULL THEN 0 ELSE 1 END
-     WHERE NOT coalesce((SELECT bool_or(global_lock) FROM engine_settings), false)
- RETURNING pid, fencing_token
-), i AS (
-    INSERT INTO input_states (pid, input_state, input_type) SELECT pid, $5, 'initial_state' FROM p
-)
-SELECT fencing_token FROM p
-"""
 
 _RESUME = """
 WITH p AS (
@@ -110,16 +97,25 @@ _STATUSES = "SELECT pid, last_status FROM processes WHERE pid = ANY($1::uuid[])"
 
 
 class ProcessStatements(Statements):
-    async def create_process(self, tx: Transaction, process: NewProcess, lease: Lease | None = None) -> int | None:
-        """Insert a process and its initial input (the transaction's last statement): `created`, or with a lease
-        already `running`, claimed by the lease's owner, who gets the claim once it has committed. Return the
-        fencing token of that claim (0 without a lease); None, and nothing written, if the engine is paused."""
-        owner, ttl = (lease.owner, lease.ttl) if lease else (None, None)
-        token: int | None = await tx.fetchval_last(
-            _CREATE, process.pid, process.workflow_id, process.user, process.is_task, process.initial_state, owner, ttl
-        )
+    creates: ProcessCreator
+
+    async def create_process(
+        self, tx: Transaction, process: NewProcess, slot: Lease | Dispatch | None = None
+    ) -> int | None:
+        """Insert a process and its initial input (the transaction's last statement): `created`, with a `Dispatch`
+        its outbox row too, or with a `Lease` already `running`, claimed by the lease's owner, who gets the claim
+        once it has committed. Return the fencing token of that claim (0 without a lease); None, and nothing
+        written, if the engine is paused. Group-committed (`creates.py`) unless `tx` has begun."""
+        row = NewRow.of(process, slot)
+        token: int | None
+        if tx.begun:
+            found = await tx.fetchrow_last(CREATE_MANY, *columns([row]))
+            token = None if found is None else found["fencing_token"]
+        else:
+            token = await self.creates.create(row)
         if token is None:
             return None
+        lease = slot if isinstance(slot, Lease) else None
         self._announce(tx, process.pid, "running" if lease else "created")
         if lease is not None:
             claim = process.claim(token)

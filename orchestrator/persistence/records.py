@@ -87,6 +87,15 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class Dispatch:
+    """A process's first dispatch, written by the statement that inserts it: its outbox row (`outbox.py`) commits
+    with the process in one round trip, instead of a transaction of its own statement plus BEGIN and COMMIT."""
+
+    queue: str
+    actor: str
+
+
+@dataclass(frozen=True)
 class NewProcess:
     """A process to insert: its workflow, who starts it and its initial state."""
 

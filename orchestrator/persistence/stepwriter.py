@@ -39,7 +39,6 @@ class StepOutcome:
     started_at: datetime | None
     replace_stepid: UUID | None
     stepid: UUID
-    lease_ttl: float
     branch: str | None = None
     fence: str | None = None
     """Distributed mode: the branch of the fork in flight whose `process_branches` row fences this write (`token`
@@ -48,6 +47,8 @@ class StepOutcome:
     """With `fence`: this outcome ends the branch (its last step, or one that fails or waits): the branch row is
     `stopped` in the same statement, and if it was the fork's last open branch the process is claimed for `owner`."""
     owner: str | None = None
+    lease_ttl: float = 0.0
+    """With `stop`: the lease `owner` takes on the process if this write hands it over."""
     wake_at: datetime | None = None
     """When a `waiting` process is to continue (a retry attempt, the end of a sleep): a timer row is written."""
     timer_kind: str | None = None
@@ -58,23 +59,23 @@ _MANY = f"""
 WITH i AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[],
                          $7::varchar[], $8::varchar[], $9::jsonb[], $10::varchar[], $11::timestamptz[], $12::uuid[],
-                         $13::float8[], $14::uuid[], $15::varchar[], $16::timestamptz[], $17::varchar[], $18::int[],
-                         $19::varchar[], $20::bool[], $21::varchar[])
+                         $13::uuid[], $14::varchar[], $15::timestamptz[], $16::varchar[], $17::int[],
+                         $18::varchar[], $19::bool[], $20::varchar[], $21::float8[])
         AS t(pid, token, process_status, step_name, assignee, failed_reason, traceback, step_status, state,
-             created_by, started_at, replace_id, lease_ttl, stepid, branch, wake_at, timer_kind, attempt, fence,
-             stop, owner)
+             created_by, started_at, replace_id, stepid, branch, wake_at, timer_kind, attempt, fence, stop, owner,
+             lease_ttl)
 ), p AS (
     UPDATE processes pr
        SET last_status = i.process_status, last_step = i.step_name, assignee = i.assignee,
            failed_reason = i.failed_reason, traceback = i.traceback, last_modified_at = now(),
            lease_owner = CASE WHEN i.process_status = 'running' THEN pr.lease_owner END,
-           lease_expires_at = CASE WHEN i.process_status = 'running' THEN now() + make_interval(secs => i.lease_ttl) END
+           lease_expires_at = CASE WHEN i.process_status = 'running' THEN pr.lease_expires_at END
       FROM i
      WHERE pr.pid = i.pid AND pr.fencing_token = i.token AND pr.last_status = 'running' AND i.fence IS NULL
  RETURNING pr.pid
 ), fenced AS (
     UPDATE process_branches b
-       SET lease_expires_at = CASE WHEN i.stop THEN NULL ELSE now() + make_interval(secs => i.lease_ttl) END,
+       SET lease_expires_at = CASE WHEN i.stop THEN NULL ELSE b.lease_expires_at END,
            status = CASE WHEN i.stop THEN 'stopped' ELSE b.status END,
            lease_owner = CASE WHEN i.stop THEN NULL ELSE b.lease_owner END,
            modified_at = CASE WHEN i.stop THEN now() ELSE b.modified_at END
@@ -111,8 +112,8 @@ SELECT (SELECT coalesce(array_agg(stepid), '{{}}') FROM ok) AS ok,
 
 _COLUMNS = (
     "pid", "token", "process_status", "step_name", "assignee", "failed_reason", "traceback", "step_status", "state",
-    "created_by", "started_at", "replace_stepid", "lease_ttl", "stepid", "branch", "wake_at", "timer_kind",
-    "attempt", "fence", "stop", "owner",
+    "created_by", "started_at", "replace_stepid", "stepid", "branch", "wake_at", "timer_kind",
+    "attempt", "fence", "stop", "owner", "lease_ttl",
 )  # fmt: skip
 """StepOutcome fields in the order of the statement's parameters."""
 

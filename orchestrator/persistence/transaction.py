@@ -15,13 +15,15 @@ import asyncpg
 
 
 class Transaction:
-    """A transaction on one connection. It begins on its first statement through `conn`; one whose only statement
-    is its last (`fetchval_last`/`fetchrow_last`) runs that statement alone: one round trip instead of three, and
-    a single statement is atomic by itself.
+    """A transaction on one connection of `pool`, taken at its first statement. It begins on its first statement
+    through `conn`; one whose only statement is its last (`fetchval_last`/`fetchrow_last`) runs that statement
+    alone: one round trip instead of three, and a single statement is atomic by itself. One that has not `begun`
+    may also leave its only statement to a group commit (`creates.py`), and then holds no connection at all.
     """
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self._raw = conn
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._raw: Any = None
         self._tx: Any = None
         self._after_commit: list[Callable[[], None]] = []
         self._after_rollback: list[Callable[[], None]] = []
@@ -41,24 +43,40 @@ class Transaction:
         """Run `callback` if the transaction fails (whatever it wrote is gone)."""
         self._after_rollback.append(callback)
 
+    @property
+    def begun(self) -> bool:
+        """Whether a statement has begun the transaction (its later statements must run in it)."""
+        return self._tx is not None
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._raw is None:
+            self._raw = await self._pool.acquire()
+        return self._raw
+
     async def begin(self) -> asyncpg.Connection:
+        conn = await self._connection()
         if self._tx is None:
-            tx = self._raw.transaction()
+            tx = conn.transaction()
             # Kept only once BEGIN succeeded: a failed or cancelled BEGIN cannot be rolled back, and trying would
             # replace the original error (a CancelledError, on shutdown) with asyncpg's InterfaceError.
             await tx.start()
             self._tx = tx
-        return self._raw
+        return conn
 
     async def fetchval_last(self, query: str, *args: Any) -> Any:
-        return await self._raw.fetchval(query, *args)
+        return await (await self._connection()).fetchval(query, *args)
 
     async def fetchrow_last(self, query: str, *args: Any) -> Any:
-        return await self._raw.fetchrow(query, *args)
+        return await (await self._connection()).fetchrow(query, *args)
 
     async def _end(self, failed: bool) -> None:
         if self._tx is not None:
             await (self._tx.rollback() if failed else self._tx.commit())
+
+    async def _release(self) -> None:
+        conn, self._raw = self._raw, None
+        if conn is not None:
+            await self._pool.release(conn)
 
 
 class _BeginsFirst:
@@ -84,20 +102,20 @@ class _BeginsFirst:
 async def open_transaction(pool: asyncpg.Pool) -> AsyncIterator[Transaction]:
     """A transaction on a connection of `pool`: committed if the block returns, rolled back if it raises; then
     the matching callbacks run."""
-    async with pool.acquire() as conn:
-        tx = Transaction(conn)
-        committed = False
+    tx = Transaction(pool)
+    committed = False
+    try:
         try:
-            try:
-                yield tx
-            except BaseException:
-                await tx._end(failed=True)
-                raise
-            await tx._end(failed=False)
-            committed = True
-        finally:
-            if not committed:
-                for callback in tx._after_rollback:
-                    callback()
+            yield tx
+        except BaseException:
+            await tx._end(failed=True)
+            raise
+        await tx._end(failed=False)
+        committed = True
+    finally:
+        await tx._release()
+        if not committed:
+            for callback in tx._after_rollback:
+                callback()
     for callback in tx._after_commit:
         callback()

@@ -1,10 +1,11 @@
 """Distributed mode (EXECUTOR=dramatiq, alias celery): the API records and dispatches, Dramatiq workers run.
 
 Dispatch is a transactional outbox (`persistence/outbox.py`). `DramatiqExecutor.start`/`resume` write an `outbox`
-row in the transaction that creates or resumes the process, so the status change and its dispatch commit together
-or not at all; an `OutboxRelay` (one in every API process and in every worker process) publishes the rows to
-RabbitMQ with publisher confirms and deletes them. After the commit the local relay is woken, and the others by a
-NOTIFY (relays also poll, so a lost notification only delays). RabbitMQ down: the API still answers, the rows
+row in the transaction that creates or resumes the process (a new process's row is written by its very insert,
+`reserve`), so the status change and its dispatch commit together or not at all; an `OutboxRelay` (one in every
+API process and in every worker process) publishes the rows to RabbitMQ with publisher confirms and deletes them.
+After the commit the local relay is woken; the others only by a NOTIFY when it is not publishing (relays also
+poll, so a lost notification only delays). RabbitMQ down: the API still answers, the rows
 wait, and any relay publishes them once RabbitMQ is back. The API never runs steps here.
 """
 
@@ -18,7 +19,7 @@ import structlog
 
 from brokers.dramatiq import queue_declarations
 from brokers.rabbitmq import Publisher
-from orchestrator.persistence.records import Claim, Lease, ProcessRef
+from orchestrator.persistence.records import Claim, Dispatch, ProcessRef
 from orchestrator.persistence.transaction import Transaction
 from orchestrator.runtime.engine import Engine
 from orchestrator.runtime.outbox_relay import OutboxRelay
@@ -69,8 +70,10 @@ class DramatiqExecutor:
             self.wake()
         return detached
 
-    def reserve(self, tx: Transaction) -> Lease | None:
-        return None  # workers claim what they run
+    def reserve(self, tx: Transaction, process: ProcessRef) -> Dispatch:
+        """Workers claim what they run: a new process is inserted with its outbox row."""
+        tx.on_commit_once(self.wake)
+        return self._dispatch_of(process, "new")
 
     async def start(self, tx: Transaction, process: ProcessRef) -> None:
         await self._dispatch(tx, process, "new")
@@ -78,16 +81,24 @@ class DramatiqExecutor:
     async def resume(self, tx: Transaction, process: ProcessRef) -> None:
         await self._dispatch(tx, process, "resume")
 
-    async def _dispatch(self, tx: Transaction, process: ProcessRef, kind: RunKind) -> None:
+    def _dispatch_of(self, process: ProcessRef, kind: RunKind) -> Dispatch:
         queue = self.settings.queue_for(is_task=process.is_task, target=process.target)
-        actor = actor_for(kind, is_task=process.is_task)
-        await self.engine.store.enqueue_dispatch(tx, queue=queue, actor=actor, pid=process.pid, run_by=process.user)
+        return Dispatch(queue, actor_for(kind, is_task=process.is_task))
+
+    async def _dispatch(self, tx: Transaction, process: ProcessRef, kind: RunKind) -> None:
+        dispatch = self._dispatch_of(process, kind)
+        await self.engine.store.enqueue_dispatch(
+            tx, queue=dispatch.queue, actor=dispatch.actor, pid=process.pid, run_by=process.user
+        )
         tx.on_commit_once(self.wake)
 
     def wake(self) -> None:
-        """Publish now: this process's relay need not wait for the notification."""
-        if self.relay is not None:
+        """Publish what was just committed: by this program's relay when it is publishing (no NOTIFY, which would
+        wake every other relay for an empty drain), else by the other instances' relays, woken by a NOTIFY."""
+        if self.relay is not None and self.relay.publishing:
             self.relay.wake()
+        else:
+            self.engine.store.announce_outbox()
 
     async def open(self) -> None:
         # Connects lazily: the API starts, and accepts processes, while RabbitMQ is down.

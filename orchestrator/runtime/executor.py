@@ -9,16 +9,17 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from orchestrator.persistence.records import Lease, ProcessRef
+from orchestrator.persistence.records import Dispatch, Lease, ProcessRef
 from orchestrator.persistence.transaction import Transaction
 
 
 class Executor(Protocol):
     kind: str
 
-    def reserve(self, tx: Transaction) -> Lease | None:
-        """A run slot for a process about to be inserted in `tx`, as the lease to insert it under, already claimed:
-        one commit less than a claim. Released if `tx` rolls back. None: insert it `created` and `start` it."""
+    def reserve(self, tx: Transaction, process: ProcessRef) -> Lease | Dispatch | None:
+        """What the statement inserting `process` in `tx` writes with it: a run slot, as the lease to insert it under
+        already claimed (one commit less than a claim; released if `tx` rolls back), or its dispatch (the outbox row:
+        two round trips less than `start`). None: insert it `created` and `start` it."""
 
     async def start(self, tx: Transaction, process: ProcessRef) -> None:
         """Dispatch a `created` process for its first run."""

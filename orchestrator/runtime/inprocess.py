@@ -48,7 +48,7 @@ class InProcessExecutor:
     def running(self) -> int:
         return len(self.runner.active)
 
-    def reserve(self, tx: Transaction) -> Lease | None:
+    def reserve(self, tx: Transaction, process: ProcessRef) -> Lease | None:
         if len(self._busy) + self._queue.qsize() + self._leased >= self.max_workers:
             return None
         lease = self.runner.lease(on_claimed=self._enqueue_claimed)

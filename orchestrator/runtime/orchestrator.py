@@ -168,6 +168,7 @@ class Orchestrator:
             await self._process_watch.close()
         if self._store is not None:
             await self._store.events.close()
+            await self._store.listener.stop()  # a subscriber left (an app's hub) must not hold the pool open
         if self._pool is not None:
             await self._pool.close()
         if _current is self:
@@ -188,7 +189,7 @@ class _DispatchOnly:
 
     kind = "none"
 
-    def reserve(self, tx: object) -> Lease | None:
+    def reserve(self, tx: object, process: object) -> Lease | None:
         return None
 
     async def start(self, tx: object, process: object) -> None:

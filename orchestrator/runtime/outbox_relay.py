@@ -2,9 +2,10 @@
 deletes them.
 
 A dispatch is an outbox row written in the transaction of the status change that needs it, and once that
-transaction has committed `OUTBOX_CHANNEL` is NOTIFYed. So a dispatch exists if and only if the change committed,
-and publishing is not on the request path: the relay LISTENs for the notification (`persistence/listener.py`),
-and also polls, because a notification is lost while its LISTEN connection is down.
+transaction has committed the writer's own relay is woken (or, when it is not `publishing`, every relay by a
+NOTIFY on `OUTBOX_CHANNEL`). So a dispatch exists if and only if the change committed, and publishing is not on
+the request path: the relay LISTENs for the notification (`persistence/listener.py`), and also polls, because a
+notification is lost while its LISTEN connection is down.
 
 One drain is one transaction (`Store.outbox_batch`): lock a batch (`FOR UPDATE SKIP LOCKED`), publish it with
 publisher confirms, delete it, commit.
@@ -31,7 +32,6 @@ from brokers.dramatiq import encode_message
 from brokers.rabbitmq import BrokerRejectedError, BrokerUnavailableError
 from orchestrator.persistence.database import DATABASE_DOWN
 from orchestrator.persistence.events import OUTBOX_CHANNEL
-from orchestrator.persistence.listener import Listener
 from orchestrator.persistence.store import Store
 
 log = structlog.get_logger(__name__)
@@ -44,8 +44,8 @@ class BatchPublisher(Protocol):
 class OutboxRelay:
     """Drains the outbox on NOTIFY, on `wake()` and every `poll_interval` seconds, until `stop()`.
 
-    Its LISTEN connection is lent by the store's pool for the relay's lifetime, so the pool needs a second
-    connection for the drains.
+    It LISTENs on the store's shared connection (`Store.listener`), lent by the store's pool for the relay's
+    lifetime, so the pool needs a second connection for the drains.
     """
 
     def __init__(
@@ -69,7 +69,13 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._outages: dict[str, float] = {}  # "broker" / "database" -> since (monotonic)
+        self._running = False
         self.published = 0  # rows published and deleted by this relay: for metrics and tests
+
+    @property
+    def publishing(self) -> bool:
+        """Running, not stopping, and neither the broker nor the database known to be down: a `wake()` publishes."""
+        return self._running and not self._stopping.is_set() and not self._outages
 
     def wake(self) -> None:
         """Drain now (call after committing outbox rows in this process; saves the NOTIFY round trip)."""
@@ -83,16 +89,10 @@ class OutboxRelay:
     async def run(self) -> None:
         """Drain until `stop()`; never raises because of a broker or database outage. A relay runs once."""
         # After each (re)connect: drain, as notifications sent while not listening are gone.
-        listener = Listener(
-            self._store.pool,
-            OUTBOX_CHANNEL,
-            lambda _payload: self.wake(),
-            on_listening=self.wake,
-            min_backoff=self._min_backoff,
-            max_backoff=self._max_backoff,
-        )
-        await listener.start()
+        listener = self._store.listener
+        subscription = await listener.subscribe(OUTBOX_CHANNEL, lambda _payload: self.wake(), on_listening=self.wake)
         backoff = 0.0
+        self._running = True
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
@@ -106,7 +106,8 @@ class OutboxRelay:
                     backoff = 0.0
                     await self._wait(self._wake, self._poll_interval)
         finally:
-            await listener.stop()
+            self._running = False
+            await listener.unsubscribe(subscription)
 
     async def drain(self) -> int:
         """Publish and delete batches until one is not full; return how many rows were published."""

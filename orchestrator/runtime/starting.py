@@ -60,11 +60,12 @@ def new_process(
 
 async def insert_process(orch: Orchestrator, tx: Transaction, process: NewProcess) -> None:
     """Insert and dispatch `process` as the last statement of `tx`; EngineLockedError if the engine is paused."""
-    # A free run slot saves the claim's commit: the process is inserted already claimed. Otherwise it is
-    # dispatched first, as the insert must be the transaction's last statement (one round trip alone).
-    lease = orch.executor.reserve(tx)
-    if lease is None:
+    # A free run slot saves the claim's commit: the process is inserted already claimed; an outbox dispatch is
+    # written by the insert itself. Otherwise it is dispatched first, as the insert must be the transaction's last
+    # statement (one round trip alone).
+    slot = orch.executor.reserve(tx, process.ref)
+    if slot is None:
         await orch.executor.start(tx, process.ref)
     # The engine lock is checked by the insert itself: no start slips past a pause.
-    if await orch.store.create_process(tx, process, lease) is None:
+    if await orch.store.create_process(tx, process, slot) is None:
         raise EngineLockedError

@@ -18,7 +18,6 @@ from contextlib import suppress
 import orjson
 import structlog
 
-from orchestrator.persistence.listener import Listener
 from orchestrator.persistence.store import Store
 from orchestrator.persistence.timers import TIMERS_CHANNEL
 from orchestrator.runtime.executor import Executor
@@ -89,8 +88,8 @@ class TimerLoop:
         return min(delay, self.max_idle)
 
     async def run_forever(self) -> None:
-        listener = Listener(self.store.pool, TIMERS_CHANNEL, self._notified, on_listening=self.wake)
-        await listener.start()
+        listener = self.store.listener
+        subscription = await listener.subscribe(TIMERS_CHANNEL, self._notified, on_listening=self.wake)
         try:
             while not self._stopping:
                 self._wake.clear()
@@ -105,4 +104,4 @@ class TimerLoop:
                         await self._wake.wait()
                 self._target = float("inf")
         finally:
-            await listener.stop()
+            await listener.unsubscribe(subscription)

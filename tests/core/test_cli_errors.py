@@ -207,3 +207,18 @@ def test_serve_without_workflow_modules_warns_and_names_an_unloaded_workflow(
         proc.terminate()
         proc.wait(30)
         proc.stdout.close()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["celery-shim"], ["schedules", "list"], ["run", "--timeout", "5"]],
+)
+def test_every_command_with_an_unreachable_database_says_so_in_one_line(command: list[str]) -> None:
+    result = run_cli(*command, env={"DATABASE_URI": "postgresql://postgres@127.0.0.1:1/none"})
+    assert_one_line(result, "cannot connect to postgresql://postgres@127.0.0.1:1/none")
+
+
+def test_celery_shim_with_an_unreachable_broker_says_so_in_one_line(database_uri: str) -> None:
+    env = {"DATABASE_URI": database_uri, "CELERY_BROKER_URL": "amqp://guest:secret@127.0.0.1:1/"}
+    line = assert_one_line(run_cli("celery-shim", env=env), "Celery broker", "CELERY_BROKER_URL")
+    assert "secret" not in line

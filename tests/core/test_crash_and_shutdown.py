@@ -164,7 +164,6 @@ async def test_a_fenced_out_runner_cannot_commit(orch: Orchestrator) -> None:
             started_at=None,
             replace_stepid=None,
             stepid=uuid4(),
-            lease_ttl=1.0,
         )
     )
     assert written.accepted is False

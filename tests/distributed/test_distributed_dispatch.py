@@ -4,15 +4,20 @@ hand back, drain), with RabbitMQ unreachable so that every dispatch stays visibl
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from uuid import UUID, uuid4
 
+import asyncpg
 import pytest
 from dq_support import Queues, statuses
+from support.urls import BROKER_URL
 from support.waiting import wait_until
 
 from orchestrator import services
+from orchestrator.persistence.events import EVENTS_CHANNEL, OUTBOX_CHANNEL
 from orchestrator.persistence.records import NewProcess
 from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.services import queue_status
@@ -63,6 +68,75 @@ async def test_dispatch_commits_with_the_status_change_or_not_at_all(api: Api) -
         await create_then_fail()
     assert await outbox(orch) == []
     assert await orch.store.load(pid) is None
+
+
+async def test_a_new_process_is_inserted_with_its_dispatch_or_not_at_all(api: Api) -> None:
+    """`reserve`: the insert itself writes the outbox row; a paused engine writes neither."""
+    orch = await api(BROKER_URL=DEAD_BROKER)
+    process = NewProcess(uuid4(), orch.workflow_ids["tf_simple"], "tf_simple", "CREATE", False, "ada", {})
+    async with orch.store.transaction() as tx:
+        await orch.store.set_engine_lock(tx, True)
+    async with orch.store.transaction() as tx:
+        assert await orch.store.create_process(tx, process, orch.executor.reserve(tx, process.ref)) is None
+    assert await outbox(orch) == []
+    async with orch.store.transaction() as tx:
+        await orch.store.set_engine_lock(tx, False)
+    async with orch.store.transaction() as tx:
+        assert await orch.store.create_process(tx, process, orch.executor.reserve(tx, process.ref)) == 0
+    assert await outbox(orch) == [(orch.settings.WORKFLOWS_QUEUE, "new_workflow", process.pid, "ada")]
+    assert (await statuses(orch, [process.pid]))["created"] == 1
+
+
+@contextlib.asynccontextmanager
+async def _notifications(orch: Orchestrator) -> AsyncIterator[asyncio.Queue[tuple[str, str]]]:
+    assert orch.location is not None
+    conn = await asyncpg.connect(orch.location.dsn)
+    received: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    for channel in (OUTBOX_CHANNEL, EVENTS_CHANNEL):
+        await conn.add_listener(channel, lambda _c, _p, channel, payload: received.put_nowait((channel, payload)))
+    try:
+        yield received
+    finally:
+        await conn.close()
+
+
+async def _channels_until_created(received: asyncio.Queue[tuple[str, str]], pid: UUID) -> set[str]:
+    """The channels notified up to the batch that announces `pid` created (its outbox NOTIFY would be in it)."""
+    channels: set[str] = set()
+    async with asyncio.timeout(10):
+        while True:
+            channel, payload = await received.get()
+            channels.add(channel)
+            if channel == EVENTS_CHANNEL and json.loads(payload) == {"pid": str(pid), "status": "created"}:
+                return channels
+
+
+async def test_other_relays_are_notified_only_when_the_local_relay_is_not_publishing(api: Api) -> None:
+    """A publishing relay is woken in-process: a NOTIFY would make every other relay run an empty drain."""
+    orch = await api(BROKER_URL=BROKER_URL)
+    relay = orch.executor.relay  # type: ignore[attr-defined]
+    await wait_until(lambda: _async(relay.publishing), 10, "the relay to run")
+    async with _notifications(orch) as received:
+        pid = await services.start_process("tf_simple", orchestrator=orch)
+        assert await _channels_until_created(received, pid) == {EVENTS_CHANNEL}
+        await wait_until(lambda: _empty_outbox(orch), 10, "the local relay to publish the dispatch")
+
+    down = await api(BROKER_URL=DEAD_BROKER)
+    relay = down.executor.relay  # type: ignore[attr-defined]
+    await wait_until(lambda: _async(relay.publishing), 10, "the relay to run")
+    await services.start_process("tf_simple", orchestrator=down)  # its relay finds the broker down
+    await wait_until(lambda: _async(not relay.publishing), 10, "the relay to find the broker down")
+    async with _notifications(down) as received:
+        pid = await services.start_process("tf_simple", orchestrator=down)
+        assert await _channels_until_created(received, pid) == {EVENTS_CHANNEL, OUTBOX_CHANNEL}
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def _empty_outbox(orch: Orchestrator) -> bool:
+    return await outbox(orch) == []
 
 
 async def test_a_waiting_dispatch_is_not_written_twice(api: Api) -> None:

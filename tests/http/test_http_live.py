@@ -17,7 +17,8 @@ from support.http import AppFactory, asgi_client, counts, deny, problem, wait_st
 from websockets.asyncio.client import ClientConnection
 
 from orchestrator.http import live
-from orchestrator.http.hub import APPLICATION_NAME, EventHub
+from orchestrator.http.hub import EventHub
+from orchestrator.persistence.listener import Listener
 from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.settings import AppSettings
 
@@ -142,12 +143,9 @@ async def test_listener_reconnects(app: Starlette, serve_app: Serve, orch: Orche
     base = await serve_app(app)
     async with websockets.connect(ws_url(base)) as ws, httpx.AsyncClient(base_url=base) as http:
         live = Collector(ws)
-        killed = await orch.store.pool.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE application_name = $1 AND datname = current_database()",
-            APPLICATION_NAME,
-        )
-        assert killed == 1
+        listening = orch.store.listener.server_pid
+        assert listening is not None
+        assert await orch.store.pool.fetchval("SELECT pg_terminate_backend($1)", listening)
         await live.wait_for({"type": "processStatusCounts"})  # "you may have missed changes": refetch
         pid = (await http.post("/api/processes/tf_simple", json=[{}])).json()["id"]
         await live.wait_for({"type": "processes", "id": pid})
@@ -155,7 +153,7 @@ async def test_listener_reconnects(app: Starlette, serve_app: Serve, orch: Orche
 
 
 async def test_slow_subscribers_are_dropped(database_uri: str) -> None:
-    hub = EventHub(database_uri, queue_size=2)
+    hub = EventHub(Listener(database_uri), queue_size=2)
     slow, fast = hub.subscribe(), hub.subscribe()
     for n in range(3):
         hub.publish({"n": n})

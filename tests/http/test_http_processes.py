@@ -71,7 +71,7 @@ async def test_start_errors(client: httpx.AsyncClient, orch: Orchestrator) -> No
     bad_json = problem(await client.post("/api/processes/tf_simple", content=b"[{"), 422)
     assert bad_json["validation_errors"][0]["type"] == "json_invalid"
     problem(await client.post("/api/processes/tf_simple", json=[{"x": "\u0000"}]), 400)  # EmptyForm forbids extras
-    problem(await client.post("/api/processes/tf_input", json=[{"size": 1}], params={"reporter": "a\u0000"}), 422)
+    problem(await client.post("/api/processes/tf_input", json=[{"size": 1}], params={"reporter": "a\u0000"}), 400)
 
     await pause(client)
     assert "locked" in problem(await client.post("/api/processes/tf_simple", json=[{}]), 503)["detail"]
@@ -129,7 +129,9 @@ async def test_get_process_waiting_for_input(client: httpx.AsyncClient) -> None:
 
 async def test_get_process_errors(client: httpx.AsyncClient) -> None:
     problem(await client.get("/api/processes/8c4ed3ff-4c1f-4a4e-8a8a-1e4b3f9a6a11"), 404)
-    body = problem(await client.get("/api/processes/not-a-uuid"), 422)
+    not_an_id = await client.get("/api/processes/not-a-uuid")  # the URL of a workflow, which POST starts
+    assert "takes POST" in problem(not_an_id, 405)["detail"] and not_an_id.headers["Allow"] == "POST"
+    body = problem(await client.put("/api/processes/not-a-uuid/resume", json={}), 422)
     assert body["validation_errors"][0]["loc"] == ["path", "process_id"]
 
 
@@ -244,7 +246,7 @@ async def test_patch_note(client: httpx.AsyncClient) -> None:
     assert (await client.patch(f"/api/processes/{pid}", json={"note": None})).json()["note"] is None
     problem(await client.patch(f"/api/processes/{pid}", json={"note": "x" * 5001}), 422)
     problem(await client.patch(f"/api/processes/{pid}", json={"notes": "typo"}), 422)
-    problem(await client.patch(f"/api/processes/{pid}", json={"note": "nul\u0000"}), 422)
+    problem(await client.patch(f"/api/processes/{pid}", json={"note": "nul\u0000"}), 400)
     problem(await client.patch("/api/processes/8c4ed3ff-4c1f-4a4e-8a8a-1e4b3f9a6a11", json={"note": "x"}), 404)
 
 

@@ -67,11 +67,19 @@ async def test_a_schedule_created_over_rest_starts_its_process(client: httpx.Asy
 @pytest.mark.parametrize(
     ("body", "status", "detail"),
     [
-        ({"workflow_name": "time_tick", "trigger": "interval", "trigger_kwargs": {"seconds": 0}}, 422, "positive"),
-        ({"workflow_name": "time_tick", "trigger": "cron", "trigger_kwargs": {"hour": "25"}}, 422, "cron"),
-        ({"workflow_name": "time_tick", "trigger": "cron", "trigger_kwargs": {"timezone": "Nowhere"}}, 422, "zone"),
+        ({"workflow_name": "time_tick", "trigger": "interval", "trigger_kwargs": {"seconds": 0}}, 400, "positive"),
+        ({"workflow_name": "time_tick", "trigger": "cron", "trigger_kwargs": {"hour": "25"}}, 400, "cron"),
+        ({"workflow_name": "time_tick", "trigger": "cron", "trigger_kwargs": {"timezone": "Nowhere"}}, 400, "zone"),
         ({"workflow_name": "time_tick", "trigger": "yearly"}, 422, "does not fit"),
         ({"workflow_name": "time_tick", "trigger": "interval", "trigger_kwargs": []}, 422, "does not fit"),
+        ({"workflow_name": "time_tick", "trigger": "cron", "trigger_kwargs": {"hours": 1}}, 422, "does not fit"),
+        ({"workflow_name": "time_tick", "trigger": "interval", "trigger_kwargs": {"hours": "1"}}, 422, "does not fit"),
+        (
+            {"workflow_name": "time_tick", "trigger": "interval", "trigger_kwargs": {"hours": 1},
+             "no_uncompleted_instance": 0},
+            422,
+            "does not fit",
+        ),
         ({"trigger": "interval", "trigger_kwargs": {"seconds": 5}}, 422, "does not fit"),
         ({"workflow_name": "nope", "trigger": "interval", "trigger_kwargs": {"seconds": 5}}, 404, "nope"),
         (
