@@ -29,3 +29,7 @@ lint: setup
 # Benchmarks (a dev tool, not in the wheel): see `just bench --help`.
 bench *args: setup
     {{venv}}/bin/python -m bench {{args}}
+
+# This project and orchestrator-core 5.5 side by side in one run (ratios): see `just bench-reference --help`.
+bench-reference *args: setup
+    {{venv}}/bin/python -m bench.reference {{args}}

@@ -55,7 +55,7 @@ async def connect(dsn: str, timeout: float = 5.0) -> Any:
     return await asyncpg.connect(dsn, timeout=timeout)
 
 
-async def _create_database(admin_dsn: str, name: str) -> Callable[[], Awaitable[None]]:
+async def create_database(admin_dsn: str, name: str) -> Callable[[], Awaitable[None]]:
     admin = await connect(admin_dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
@@ -82,7 +82,7 @@ async def provision_database(run_id: str) -> Database:
     else:
         admin = os.environ.get("BENCH_PG_ADMIN_URI", "postgresql://postgres@127.0.0.1:5432/postgres")
         try:
-            drop = await _create_database(admin, name)
+            drop = await create_database(admin, name)
             dsn = with_database(admin, name)
             database = Database(dsn, admin, f"fresh database {name} on {redact(admin)}", drop, True)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
@@ -90,7 +90,7 @@ async def provision_database(run_id: str) -> Database:
             from orchestrator.persistence.database import locate
 
             location = await asyncio.to_thread(locate, None, settings.EMBEDDED_DATA_DIR)
-            drop = await _create_database(location.dsn, name)
+            drop = await create_database(location.dsn, name)
             dsn = with_database(location.dsn, name)
             database = Database(
                 dsn, location.dsn, f"fresh database {name} on the embedded PostgreSQL ({location.embedded_dir})"

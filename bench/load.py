@@ -58,12 +58,13 @@ class LoadClient:
         return await self.request("PUT", path, content)
 
     async def request(self, method: str, path: str, body: bytes) -> LoadResponse:
-        """One request; a keep-alive connection the server closed while idle is retried once on a new one."""
+        """One request; a keep-alive connection the server closed while idle (uvicorn: after 5 s) is retried once on
+        a new one."""
         try:
             async with asyncio.timeout(self.timeout):
                 for attempt in (1, 2):
-                    reused = not self._idle.empty() or len(self._all) >= self._concurrency
-                    connection = await self._connection()
+                    reused = attempt == 1 and (not self._idle.empty() or len(self._all) >= self._concurrency)
+                    connection = await self._connection(fresh=attempt == 2)
                     try:
                         return await self._exchange(connection, method, path, body)
                     except (OSError, asyncio.IncompleteReadError) as exc:
@@ -73,8 +74,10 @@ class LoadClient:
             raise LoadError(f"no answer within {self.timeout} s") from None
         raise AssertionError("unreachable")
 
-    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self._idle.empty() and len(self._all) < self._concurrency:
+    async def _connection(self, fresh: bool = False) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """An idle keep-alive connection, else a new one; `fresh` (the retry after a connection the server closed
+        while idle, when the other idle ones may be closed too): always a new one."""
+        if fresh or (self._idle.empty() and len(self._all) < self._concurrency):
             reader, writer = await asyncio.open_connection(self.host, self.port)
             self._all.append(writer)
             return reader, writer

@@ -98,11 +98,17 @@ class Server:
             self.popen.wait()
 
 
-def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Server:
+def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path, cwd: Path | None = None) -> Server:
     log_path = log_dir / f"{name}.log"
     with log_path.open("ab") as log:
         popen = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-            args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            args,
+            env=env,
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     return Server(name, popen, log_path)
 
@@ -132,8 +138,11 @@ class Launcher:
 
     Counts the statements its readiness checks run on the bench database (subtracted from its transactions)."""
 
-    def __init__(self, settings: Any, dsn: str, run_id: str, workers: int, log_dir: Path) -> None:
+    def __init__(
+        self, settings: Any, dsn: str, run_id: str, workers: int, log_dir: Path, workflows: str = WORKFLOWS_MODULE
+    ) -> None:
         self.settings, self.dsn, self.run_id, self.workers, self.log_dir = settings, dsn, run_id, workers, log_dir
+        self.workflows = workflows
         self.prefix = f"bench_{run_id}"
         self.live: list[Server] = []
         self.own_statements = 0
@@ -155,7 +164,7 @@ class Launcher:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
         env.update(
             DATABASE_URI=self.dsn,
-            WORKFLOW_MODULES=WORKFLOWS_MODULE,
+            WORKFLOW_MODULES=self.workflows,
             EXECUTOR=executor,
             MIGRATE_ON_START="false",
             **self.queues(),
@@ -203,6 +212,12 @@ class Launcher:
             stack.servers.append(self._spawn("shim", [py, "-m", "orchestrator.cli", "celery-shim"], "dramatiq"))
         await self._wait_ready(stack, layout)
         return stack
+
+    def respawn(self, server: Server, executor: str = "dramatiq") -> Server:
+        """The same command again (after a kill), under the same name."""
+        if server in self.live:
+            self.live.remove(server)
+        return self._spawn(server.name, list(server.popen.args), executor)  # type: ignore[arg-type]
 
     async def _wait_ready(self, stack: Stack, layout: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -3,6 +3,7 @@
     orchestrator serve [--host H] [--port P] [--workflows MOD,...]   the HTTP API (and the threadpool executor)
     orchestrator run [WORKFLOW] [--input JSON] [--resume JSON ...]   run one process end to end and print it
     orchestrator db upgrade | db status                              migrations
+    orchestrator db prune --completed-older-than AGE [--tasks-only] [--dry-run]   retention
     orchestrator schedules list | add WORKFLOW ... | remove ID       schedules that start workflows by themselves
     orchestrator celery-shim                                         translate Celery messages to our workers
 
@@ -21,6 +22,7 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -114,6 +116,23 @@ def _seconds(text: str) -> float:
     return seconds
 
 
+def _age(text: str) -> timedelta:
+    from orchestrator.settings import parse_age
+
+    try:
+        return parse_age(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _age_text(age: timedelta) -> str:
+    seconds = int(age.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{age.total_seconds():g}s"
+
+
 def _modules(text: str) -> list[str]:
     return [m.strip() for m in text.split(",") if m.strip()]
 
@@ -180,6 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
         ("status", "list migrations and whether they are applied; exit status 3 if any is pending"),
     ):
         db_sub.add_parser(action, help=text, parents=[common], epilog=_settings_epilog("db"))
+    prune = db_sub.add_parser(
+        "prune",
+        help="delete completed processes older than an age, in small batches beside live traffic",
+        parents=[common],
+        epilog=_settings_epilog("db"),
+    )
+    prune.add_argument(
+        "--completed-older-than",
+        type=_age,
+        required=True,
+        metavar="AGE",
+        help="last changed longer ago than AGE: 30d, 12h, 90m or seconds",
+    )
+    prune.add_argument("--tasks-only", action="store_true", help="delete completed tasks only")
+    prune.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
 
     _schedules_parser(command("schedules", "list, add and remove schedules"), common)
 
@@ -273,6 +307,8 @@ def _dispatch(args: argparse.Namespace, settings: Any) -> int:
         modules = args.workflows or settings.WORKFLOW_MODULES or [EXAMPLES_MODULE]
         settings.WORKFLOW_MODULES = modules
         return _run_async(_run_one(settings, args))
+    if args.command == "db" and args.db_command == "prune":
+        return _run_async(_prune(settings, args))
     if args.command == "db":
         return _run_async(_db(settings, args.db_command))
     if args.command == "schedules":
@@ -313,6 +349,21 @@ async def _db(settings: Any, action: str) -> int:
         return 0 if all(done for _, done in listed) else PENDING_MIGRATIONS
     finally:
         await conn.close()
+
+
+async def _prune(settings: Any, args: argparse.Namespace) -> int:
+    from orchestrator import services
+
+    async with services.Orchestrator(settings, run_processes=False) as orch:
+        pruned = await services.prune(
+            args.completed_older_than, tasks_only=args.tasks_only, dry_run=args.dry_run, orchestrator=orch
+        )
+    verb = "would delete" if args.dry_run else "deleted"
+    print(
+        f"{verb} {pruned.workflows} completed workflow process(es) and {pruned.tasks} task(s) last changed more "
+        f"than {_age_text(args.completed_older_than)} ago, with {pruned.steps} step row(s)"
+    )
+    return 0
 
 
 def _trigger_of(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:

@@ -8,6 +8,7 @@ operational concern they control.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -117,6 +118,27 @@ class AppSettings(BaseSettings):
     API_TOKEN: SecretStr | None = None
     MAX_BODY_BYTES: int = Field(default=1_048_576, ge=1024)
 
+    PRUNE_COMPLETED_OLDER_THAN: timedelta | None = None
+    """Set (`30d`, `12h`, `90m`, seconds): completed processes last changed longer ago than this are deleted by the
+    built-in task `task_prune_completed`, on PRUNE_CRON, as `orchestrator db prune` does. Unset: kept for ever."""
+    PRUNE_TASKS_ONLY: bool = False
+    """The built-in prune deletes completed tasks only (orchestrator-core's `task_clean_up_tasks`)."""
+    PRUNE_CRON: str = "0 3 * * *"
+    """When the built-in prune runs (five-field cron, UTC)."""
+
+    @field_validator("PRUNE_COMPLETED_OLDER_THAN", mode="before")
+    @classmethod
+    def _age(cls, value: Any) -> Any:
+        return parse_age(value) if isinstance(value, str) and value.strip() else value or None
+
+    @field_validator("PRUNE_CRON")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from orchestrator.dsl.schedules import parse_trigger
+
+        parse_trigger("cron", {"expression": value})
+        return value
+
     @field_validator("EXECUTOR", mode="before")
     @classmethod
     def _celery_is_dramatiq(cls, value: Any) -> Any:
@@ -190,6 +212,23 @@ class AppSettings(BaseSettings):
             if override:
                 return override
         return self.TASKS_QUEUE if is_task else self.WORKFLOWS_QUEUE
+
+
+_AGE_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_age(text: str) -> timedelta:
+    """`30d`, `12h`, `90m`, `45s` or plain seconds, as a positive timedelta; ValueError otherwise."""
+    value = text.strip().lower()
+    unit = _AGE_UNITS.get(value[-1:])
+    number = value[:-1] if unit is not None else value
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        raise ValueError(f"not an age: {text!r} (use e.g. 30d, 12h, 90m or seconds)") from None
+    if not 0 < seconds < 100 * 365 * 86400:
+        raise ValueError(f"must be a positive age under 100 years, got {text!r}")
+    return timedelta(seconds=seconds)
 
 
 def load_settings(**overrides: Any) -> AppSettings:

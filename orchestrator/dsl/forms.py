@@ -7,7 +7,9 @@ injected from the state by name, like step arguments.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import re
 from collections.abc import Callable, Generator
 from typing import Any, cast
 
@@ -39,19 +41,43 @@ class EmptyForm(FormPage):
     model_config = ConfigDict(title="Start", extra="forbid")
 
 
+_UNTITLED = FormPage.model_config.get("title")
+"""pydantic-forms' placeholder title ("unknown") of a page that sets none: what a form's heading would show."""
+
+
+@functools.cache
+def _titled(page: type[FormPage]) -> type[FormPage]:
+    """The page itself, or, when it sets no title, a subclass titled after it (`ApprovalForm` → "Approval form")."""
+    if page.model_config.get("title") != _UNTITLED:
+        return page
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", page.__name__).split()
+    title = " ".join([words[0], *(word.lower() for word in words[1:])]) if words else page.__name__
+    return type(page.__name__, (page,), {"model_config": ConfigDict(title=title), "__module__": page.__module__})
+
+
+def _page(page: Any) -> Any:
+    return _titled(page) if isinstance(page, type) and issubclass(page, FormPage) else page
+
+
 def _as_generator(form: InputForm) -> Callable[[State], Generator[Any, Any, State]]:
-    """Adapt a form function to pydantic-forms' `state -> generator` shape, with argument injection."""
+    """Adapt a form function to pydantic-forms' `state -> generator` shape, with argument injection; pages get
+    a title when they set none."""
     if inspect.isgeneratorfunction(form):
 
         def generator(state: State) -> Generator[Any, Any, State]:
-            result = yield from form(**inject_args(form, state))
-            return cast(State, result or {})
+            pages = form(**inject_args(form, state))
+            user_input = None
+            try:
+                while True:
+                    user_input = yield _page(pages.send(user_input))
+            except StopIteration as finished:
+                return cast(State, finished.value or {})
 
         return generator
 
     def single_page(state: State) -> Generator[Any, Any, State]:
         page = form(**inject_args(form, state)) if callable(form) and not isinstance(form, type) else form
-        user_input = yield page
+        user_input = yield _page(page)
         return cast(State, user_input.model_dump())
 
     return single_page

@@ -11,7 +11,7 @@ from typing import cast
 from starlette.requests import HTTPConnection
 
 from orchestrator.exceptions import NotAuthorizedError
-from orchestrator.http.auth import Action, RequestAuthorizer
+from orchestrator.http.auth import Action, RequestAuthorizer, allow_all
 from orchestrator.http.hub import EventHub
 from orchestrator.http.routing import Operation
 from orchestrator.services import Orchestrator
@@ -41,6 +41,11 @@ class AppContext:
         if self.hub is None:
             raise RuntimeError("The app is not started (its lifespan has not run)")
         return self.hub
+
+    @property
+    def authorizes_everything(self) -> bool:
+        """No authorizer of the app's own: a question that only it would ask need not be prepared."""
+        return self.authorizer is allow_all
 
     async def authorize(self, conn: HTTPConnection, action: Action, resource: str | None = None) -> None:
         if not await self.authorizer(conn, action, resource):

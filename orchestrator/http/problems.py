@@ -28,7 +28,7 @@ from orchestrator.exceptions import (
     StartPredicateError,
     WorkflowNotFoundError,
 )
-from orchestrator.services import QueryError, ValueRefusedError
+from orchestrator.services import DatabaseUnavailableError, QueryError, ValueRefusedError
 
 logger = structlog.get_logger(__name__)
 
@@ -171,6 +171,20 @@ async def data_refused(request: Request, exc: Exception) -> Response:
     return Problem(400, f"A value was refused by the database: {exc}")
 
 
+DATABASE_RETRY_AFTER_SECONDS = 2
+
+
+async def database_unavailable(request: Request, exc: Exception) -> Response:
+    """The database is unreachable or refusing connections (a failover, an upgrade): try again shortly."""
+    logger.warning("database unavailable", path=request.url.path, method=request.method, error=repr(exc))
+    return Problem(
+        503,
+        "The database is unavailable; try again shortly",
+        title="Database unavailable",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
 async def server_error(request: Request, exc: Exception) -> Response:
     logger.error("unhandled error", path=request.url.path, method=request.method, exc_info=exc)
     return Problem(500, "An unexpected error occurred; it has been logged")
@@ -185,6 +199,7 @@ HANDLERS: Mapping[Any, Any] = {
     FormNotCompleteError: form_incomplete,
     FormOverflowError: form_overflow,
     ValueRefusedError: data_refused,
+    **dict.fromkeys(DatabaseUnavailableError, database_unavailable),
     Exception: server_error,
 }
 """Starlette `exception_handlers`; the `Exception` entry becomes the outermost 500 handler."""

@@ -50,9 +50,15 @@ WITH i AS (
  RETURNING p.pid, p.workflow_id, p.fencing_token, p.is_task, p.created_by, p.run_by
 )""" + CLAIM_LOAD.format(only="")
 
+# Renewal never waits for a row lock: a row locked right now is being written by a batch of step writes or
+# claims that locks its rows in its own order, and waiting on it from a multi-row statement can close a deadlock
+# cycle. A row skipped now is renewed by the next renewal, a third of the lease later.
 _RENEW = """
-UPDATE processes SET lease_expires_at = now() + make_interval(secs => $3)
- WHERE pid = ANY($2::uuid[]) AND lease_owner = $1 AND last_status = 'running'
+UPDATE processes p SET lease_expires_at = now() + make_interval(secs => $3)
+  FROM (SELECT pid FROM processes
+         WHERE pid = ANY($2::uuid[]) AND lease_owner = $1 AND last_status = 'running'
+         FOR UPDATE SKIP LOCKED) x
+ WHERE p.pid = x.pid
 """
 
 

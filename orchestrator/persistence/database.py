@@ -27,9 +27,6 @@ logger = structlog.get_logger(__name__)
 
 Pool: TypeAlias = asyncpg.Pool
 
-DATABASE_DOWN = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)
-"""Errors that mean "the database is unreachable right now", as opposed to a bug."""
-
 
 @dataclass(frozen=True)
 class DatabaseLocation:

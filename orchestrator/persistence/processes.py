@@ -12,7 +12,7 @@ from uuid import UUID
 
 from orchestrator.dsl.types import ProcessStatus, State
 from orchestrator.persistence.creates import CREATE_MANY, NewRow, ProcessCreator, columns
-from orchestrator.persistence.records import Dispatch, Lease, NewProcess, ProcessRef
+from orchestrator.persistence.records import Claim, Dispatch, Lease, NewProcess, ProcessRef, StepRow
 from orchestrator.persistence.statements import Statements
 from orchestrator.persistence.transaction import Transaction
 
@@ -29,13 +29,23 @@ JSON array (read with `step_rows`)."""
 
 _RESUME = """
 WITH p AS (
-    UPDATE processes SET last_status = 'resumed', run_by = $3, last_modified_at = now()
-     WHERE pid = $1 AND last_status = $2
- RETURNING pid, is_task, workflow_id
+    UPDATE processes
+       SET last_status = CASE WHEN $5::varchar IS NULL THEN 'resumed' ELSE 'running' END,
+           run_by = $3, last_modified_at = now(),
+           lease_owner = coalesce($5, lease_owner),
+           lease_expires_at = CASE WHEN $5::varchar IS NULL THEN lease_expires_at
+                                   ELSE now() + make_interval(secs => $6::float8) END,
+           fencing_token = fencing_token + CASE WHEN $5::varchar IS NULL THEN 0 ELSE 1 END
+     WHERE pid = $1 AND last_status = $2 AND ($7::bigint IS NULL OR fencing_token = $7)
+       AND NOT coalesce((SELECT bool_or(global_lock) FROM engine_settings), false)
+ RETURNING pid, is_task, workflow_id, fencing_token, created_by
 ), i AS (
     INSERT INTO input_states (pid, input_state, input_type) SELECT pid, $4, 'user_input' FROM p
 )
-SELECT p.pid, p.is_task, w.target
+SELECT p.pid, p.is_task, p.fencing_token, p.created_by, w.name AS workflow_name, w.target,
+       CASE WHEN $5::varchar IS NULL THEN NULL ELSE
+           (SELECT s.input_state FROM input_states s WHERE s.pid = p.pid AND s.input_type = 'initial_state'
+             ORDER BY s.input_time DESC LIMIT 1) END AS initial_state
   FROM p JOIN workflows w ON w.workflow_id = p.workflow_id
 """
 
@@ -122,13 +132,45 @@ class ProcessStatements(Statements):
             tx.on_commit(lambda: lease.on_claimed(claim))
         return token
 
-    async def mark_resumed(self, tx: Transaction, *, pid: UUID, seen_status: str, user: str, user_input: State) -> bool:
-        """Compare-and-set `seen_status` → resumed and store the input (the transaction's last statement);
-        False if the status changed meanwhile."""
-        resumed = await tx.fetchrow_last(_RESUME, pid, seen_status, user, user_input) is not None
-        if resumed:
-            self._announce(tx, pid, "resumed")
-        return resumed
+    async def mark_resumed(
+        self,
+        tx: Transaction,
+        *,
+        pid: UUID,
+        seen_status: str,
+        user: str,
+        user_input: State,
+        seen_token: int | None = None,
+        lease: Lease | None = None,
+        rows: Sequence[StepRow] = (),
+    ) -> bool:
+        """Compare-and-set `seen_status` (and `seen_token`: no run came in between) → resumed and store the input
+        (the transaction's last statement); False if the status changed meanwhile or the engine is paused.
+
+        With a lease the process goes straight to `running`, claimed by the lease's owner, who gets the claim (with
+        `rows`, the step rows read with `seen_token`, unchanged since: no run came in between) once it has
+        committed: the claim's statement and the reload of the steps are saved."""
+        owner, ttl = (lease.owner, lease.ttl) if lease else (None, None)
+        row = await tx.fetchrow_last(_RESUME, pid, seen_status, user, user_input, owner, ttl, seen_token)
+        if row is None:
+            return False
+        self._announce(tx, pid, "resumed")  # subscribers see a resume as such, claimed at once or not
+        if lease is not None:
+            self._announce(tx, pid, "running")
+            claim = Claim(
+                pid=pid,
+                token=row["fencing_token"],
+                workflow_name=row["workflow_name"],
+                target=row["target"],
+                is_task=row["is_task"],
+                created_by=row["created_by"],
+                run_by=user,
+                rows=list(rows),
+                initial_state=row["initial_state"],
+                pending_input=user_input,
+            )
+            tx.on_commit(lambda: lease.on_claimed(claim))
+        return True
 
     async def finish(self, tx: Transaction, *, pid: UUID, token: int, status: ProcessStatus) -> ProcessRef | None:
         """End a run without a step row (ran out of steps → completed; paused or shutting down → resumed)."""

@@ -64,6 +64,19 @@ WITH x AS (
 SELECT p.pid, p.is_task, p.run_by, p.last_status, w.target FROM p JOIN workflows w ON w.workflow_id = p.workflow_id
 """
 
+_FOLD_ENDED_SESSIONS = """
+WITH ended AS (
+    DELETE FROM process_status_counts
+     WHERE backend <> 0 AND backend NOT IN (SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL)
+ RETURNING last_status, is_task, n
+)
+INSERT INTO process_status_counts AS c (backend, last_status, is_task, n)
+SELECT 0, last_status, is_task, sum(n) FROM ended GROUP BY 2, 3
+    ON CONFLICT (backend, last_status, is_task) DO UPDATE SET n = c.n + excluded.n
+"""
+"""The counter rows of database sessions that have ended, folded into one row per status (backend 0). A session
+whose pid is reused meanwhile loses nothing: the DELETE returns the rows as last written."""
+
 
 class RecoveryStatements(Statements):
     async def take_over_expired(
@@ -83,6 +96,10 @@ class RecoveryStatements(Statements):
         `workflow_ids`, only processes of those workflows."""
         rows = await tx.conn.fetch(_UNDISPATCHED, older_than, limit, workflow_ids)
         return [(ProcessRef(r["pid"], r["is_task"], r["target"], r["run_by"]), r["last_status"]) for r in rows]
+
+    async def fold_status_counts(self) -> None:
+        """Keep the status counters (migration 0006) a few rows per live session however long the database runs."""
+        await self.pool.execute(_FOLD_ENDED_SESSIONS)
 
     async def fail_timed_out_callbacks(self) -> list[UUID]:
         """Processes awaiting a callback past their `callback_step(timeout=...)`: their awaiting row is overwritten

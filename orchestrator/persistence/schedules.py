@@ -4,6 +4,7 @@ start-up); and the claim of a due tick.
 A tick is claimed in the transaction that starts its process: the schedule row is locked (`FOR UPDATE SKIP
 LOCKED`, so concurrent timer loops take different schedules) and its `next_run_at` moved on, and the process is
 inserted before the commit. Either both happen or neither: one process per tick, whatever the number of programs.
+Ticks are claimed in batches, one transaction each, as a commit per tick bounds a program to a few dozen a second.
 """
 
 from __future__ import annotations
@@ -75,16 +76,20 @@ SELECT {_COLUMNS}, now() AS now,
   FROM schedules s JOIN workflows w ON w.workflow_id = s.workflow_id
  WHERE s.next_run_at <= now() AND w.name = ANY($1::varchar[])
    AND NOT coalesce((SELECT bool_or(global_lock) FROM engine_settings), false)
- ORDER BY s.next_run_at LIMIT 1
+ ORDER BY s.next_run_at LIMIT $2
    FOR UPDATE OF s SKIP LOCKED
 """
 
 _ADVANCE = """
-UPDATE schedules SET next_run_at = $2, last_run_at = now(), last_pid = coalesce($3, last_pid)
- WHERE schedule_id = $1
+UPDATE schedules s SET next_run_at = x.next_run_at, last_run_at = now(), last_pid = coalesce(x.pid, s.last_pid)
+  FROM unnest($1::uuid[], $2::timestamptz[], $3::uuid[]) AS x(schedule_id, next_run_at, pid)
+ WHERE s.schedule_id = x.schedule_id
 """
 
-_RECORD_RUN = "INSERT INTO schedule_runs (pid, schedule_id, schedule_name, tick_at) VALUES ($1, $2, $3, $4)"
+_RECORD_RUNS = """
+INSERT INTO schedule_runs (pid, schedule_id, schedule_name, tick_at)
+SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::varchar[], $4::timestamptz[])
+"""
 
 _RUN_OF = "SELECT schedule_id, schedule_name, tick_at FROM schedule_runs WHERE pid = $1"
 
@@ -101,6 +106,18 @@ class CodeSchedule:
     no_uncompleted_instance: bool
     first_run: datetime | None
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class ScheduleTick:
+    """A claimed tick's outcome: the schedule's next tick (None: no more), and the process the tick started
+    (None: skipped)."""
+
+    schedule_id: UUID
+    schedule_name: str
+    tick_at: datetime
+    next_run_at: datetime | None
+    pid: UUID | None
 
 
 class ScheduleStatements(Statements):
@@ -177,22 +194,30 @@ class ScheduleStatements(Statements):
             await conn.execute(_DROP_STALE_CODE, list(workflow_ids), [s.name for s in schedules])
         self._wake_timers(min((s.first_run for s in schedules if s.first_run), default=None))
 
-    async def claim_due_schedule(self, tx: Transaction, workflow_names: Sequence[str]) -> dict[str, Any] | None:
-        """Lock the most overdue schedule of a workflow in `workflow_names` until `tx` ends; with the database's
-        `now` and the status of the process its previous tick started (`last_status`)."""
-        row = await tx.conn.fetchrow(_CLAIM_DUE, list(workflow_names))
-        return dict(row.items()) if row is not None else None
+    async def claim_due_schedules(
+        self, tx: Transaction, workflow_names: Sequence[str], limit: int
+    ) -> list[dict[str, Any]]:
+        """Lock up to `limit` due schedules of workflows in `workflow_names`, most overdue first, until `tx` ends
+        (rows another program holds are skipped); each with the database's `now` and the status of the process
+        its previous tick started (`last_status`)."""
+        return [dict(r.items()) for r in await tx.conn.fetch(_CLAIM_DUE, list(workflow_names), limit)]
 
-    async def advance_schedule(
-        self, tx: Transaction, schedule_id: UUID, next_run_at: datetime | None, pid: UUID | None
-    ) -> None:
-        """Move a claimed schedule to its next tick; `pid`: the process this tick started (None: skipped)."""
-        await tx.conn.execute(_ADVANCE, schedule_id, next_run_at, pid)
-
-    async def record_schedule_run(
-        self, tx: Transaction, pid: UUID, schedule_id: UUID, schedule_name: str, tick_at: datetime
-    ) -> None:
-        await tx.conn.execute(_RECORD_RUN, pid, schedule_id, schedule_name, tick_at)
+    async def advance_schedules(self, tx: Transaction, ticks: Sequence[ScheduleTick]) -> None:
+        """Move claimed schedules to their next tick, and record the processes their ticks started."""
+        if not ticks:
+            return
+        await tx.conn.execute(
+            _ADVANCE, [t.schedule_id for t in ticks], [t.next_run_at for t in ticks], [t.pid for t in ticks]
+        )
+        runs = [t for t in ticks if t.pid is not None]
+        if runs:
+            await tx.conn.execute(
+                _RECORD_RUNS,
+                [t.pid for t in runs],
+                [t.schedule_id for t in runs],
+                [t.schedule_name for t in runs],
+                [t.tick_at for t in runs],
+            )
 
     async def schedule_run_of(self, pid: UUID) -> dict[str, Any] | None:
         """The schedule that started a process (`schedule_id`, `schedule_name`, `tick_at`); None if none did."""

@@ -3,17 +3,22 @@ the broker), step durations. Each is one statement, so that every API instance r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
 from orchestrator.dsl.types import ProcessStatus
+from orchestrator.persistence.step_durations import HISTOGRAM_SQL, cumulative
+
+_STATUS_COUNTS = """
+SELECT last_status, is_task, sum(n) AS n FROM process_status_counts GROUP BY 1, 2 HAVING sum(n) <> 0
+"""
+"""Processes by status and kind, from the counters the triggers of migration 0006 keep (no scan of `processes`)."""
 
 
 async def status_counts(pool: asyncpg.Pool) -> list[tuple[bool, str, int]]:
     """(is_task, status, count) for every status that occurs."""
-    rows = await pool.fetch("SELECT is_task, last_status, count(*) AS n FROM processes GROUP BY is_task, last_status")
+    rows = await pool.fetch(_STATUS_COUNTS)
     return [(bool(r["is_task"]), str(r["last_status"]), int(r["n"])) for r in rows]
 
 
@@ -100,41 +105,28 @@ class MetricsSnapshot:
         return sum(n for status, _, n in self.processes if status in waiting)
 
 
-async def metrics_snapshot(pool: asyncpg.Pool, bounds: Sequence[float], online_within: float) -> MetricsSnapshot:
-    """Aggregates for /metrics, one round trip.
-
-    Step durations are bucketed with `width_bucket` over the negated bounds: bucket k then counts the steps that
-    fit under exactly k bounds, which gives Prometheus' inclusive `le` counts without one scan per bound.
-    """
-    negated = sorted(-b for b in bounds)
+async def metrics_snapshot(pool: asyncpg.Pool, online_within: float) -> MetricsSnapshot:
+    """Aggregates for /metrics, one round trip, each read from an index or a counters table (no scan of history:
+    a scrape costs the same on a database of millions of processes)."""
     row = await pool.fetchrow(
-        """
-        WITH d AS (SELECT extract(epoch FROM completed_at - started_at)::float8 AS secs FROM process_steps),
-             b AS (SELECT pid, branch, count(*) AS n FROM process_steps WHERE branch IS NOT NULL GROUP BY 1, 2)
+        f"""
+        WITH b AS (SELECT pid, branch, count(*) AS n FROM process_steps WHERE branch IS NOT NULL GROUP BY 1, 2)
         SELECT (SELECT coalesce(jsonb_agg(jsonb_build_array(last_status, is_task, n)), '[]')
-                  FROM (SELECT last_status, is_task, count(*) AS n FROM processes GROUP BY 1, 2) s) AS processes,
-               (SELECT coalesce(jsonb_agg(jsonb_build_array(k, n)), '[]')
-                  FROM (SELECT width_bucket(-secs, $1::float8[]) AS k, count(*) AS n FROM d GROUP BY 1) b) AS buckets,
-               (SELECT count(*) FROM d) AS step_count,
-               (SELECT coalesce(sum(greatest(secs, 0)), 0) FROM d) AS step_seconds,
+                  FROM ({_STATUS_COUNTS}) s) AS processes,
+               ({HISTOGRAM_SQL}) AS buckets,
                (SELECT count(*) FROM b) AS branches, (SELECT coalesce(sum(n), 0) FROM b) AS branch_steps,
                count(w.*) AS online, coalesce(sum(w.running), 0) AS running, coalesce(sum(w.capacity), 0) AS capacity
-          FROM workers w WHERE w.heartbeat_at > now() - make_interval(secs => $2)
+          FROM workers w WHERE w.heartbeat_at > now() - make_interval(secs => $1)
         """,
-        negated,
         online_within,
     )
     assert row is not None
-    fitting = {int(k): int(n) for k, n in row["buckets"]}
-    ordered = sorted(bounds)
-    cumulative = [
-        (bound, sum(n for k, n in fitting.items() if k >= len(ordered) - i)) for i, bound in enumerate(ordered)
-    ]
+    step_buckets, step_count, step_seconds = cumulative(row["buckets"])
     return MetricsSnapshot(
         processes=[(str(s), bool(t), int(n)) for s, t, n in row["processes"]],
-        step_buckets=cumulative,
-        step_count=int(row["step_count"]),
-        step_seconds=float(row["step_seconds"]),
+        step_buckets=step_buckets,
+        step_count=step_count,
+        step_seconds=step_seconds,
         workers_online=int(row["online"]),
         running=int(row["running"]),
         capacity=int(row["capacity"]),

@@ -7,6 +7,7 @@ is refused, the others are written), and each run waits until its own outcome is
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
@@ -18,6 +19,7 @@ from orchestrator.dsl.types import State
 from orchestrator.persistence.branch_claims import JOIN_WHEN_LAST
 from orchestrator.persistence.events import EventPublisher
 from orchestrator.persistence.groupcommit import GroupCommit
+from orchestrator.persistence.step_durations import DURATION_SHARDS, NEGATED_BOUNDS
 from orchestrator.persistence.timers import TIMERS_CHANNEL
 
 
@@ -102,6 +104,13 @@ WITH i AS (
     INSERT INTO process_timers (pid, due_at, kind, attempt)
     SELECT ok.pid, ok.wake_at, ok.timer_kind, ok.attempt FROM ok WHERE ok.wake_at IS NOT NULL AND ok.fence IS NULL
         ON CONFLICT (pid) DO UPDATE SET due_at = excluded.due_at, kind = excluded.kind, attempt = excluded.attempt
+), hist AS (
+    INSERT INTO step_duration_counts AS c (shard, bucket, n, seconds)
+    SELECT $18, width_bucket(-d.secs, $19::float8[]), count(*), sum(greatest(d.secs, 0))
+      FROM (SELECT extract(epoch FROM clock_timestamp() - coalesce(i.started_at, clock_timestamp()))::float8 AS secs
+              FROM i JOIN p ON p.pid = i.pid) d
+     GROUP BY 2
+        ON CONFLICT (shard, bucket) DO UPDATE SET n = c.n + excluded.n, seconds = c.seconds + excluded.seconds
 )
 SELECT (SELECT coalesce(array_agg(stepid), '{{}}') FROM ok) AS ok,
        (SELECT coalesce(array_agg(pid ORDER BY pid), '{{}}') FROM j WHERE open_branches = 0) AS joined,
@@ -131,13 +140,14 @@ class StepWriter:
         self.pool = pool
         self.events = events
         self._group = GroupCommit(self._write_many, on_alone_failing=_unstorable)
+        self._shard = random.randrange(DURATION_SHARDS)
 
     async def write(self, outcome: StepOutcome) -> Written:
         return await self._group.submit(outcome)
 
     async def _write_many(self, outcomes: list[StepOutcome]) -> list[Written]:
         columns = [[getattr(o, name) for o in outcomes] for name in _COLUMNS]
-        row = await self.pool.fetchrow(_MANY, *columns)
+        row = await self.pool.fetchrow(_MANY, *columns, self._shard, NEGATED_BOUNDS)
         assert row is not None
         accepted = set(row["ok"])
         locked = bool(row["locked"])

@@ -75,6 +75,9 @@ class DramatiqExecutor:
         tx.on_commit_once(self.wake)
         return self._dispatch_of(process, "new")
 
+    def lease_slot(self, tx: Transaction) -> None:
+        return None  # workers claim what they run
+
     async def start(self, tx: Transaction, process: ProcessRef) -> None:
         await self._dispatch(tx, process, "new")
 

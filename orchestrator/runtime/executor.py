@@ -21,6 +21,10 @@ class Executor(Protocol):
         already claimed (one commit less than a claim; released if `tx` rolls back), or its dispatch (the outbox row:
         two round trips less than `start`). None: insert it `created` and `start` it."""
 
+    def lease_slot(self, tx: Transaction) -> Lease | None:
+        """A run slot for a process that `tx` resumes, as the lease it is claimed under in the resume statement
+        (released if `tx` rolls back). None: mark it `resumed` and `resume` it."""
+
     async def start(self, tx: Transaction, process: ProcessRef) -> None:
         """Dispatch a `created` process for its first run."""
 

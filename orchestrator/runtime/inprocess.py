@@ -49,6 +49,9 @@ class InProcessExecutor:
         return len(self.runner.active)
 
     def reserve(self, tx: Transaction, process: ProcessRef) -> Lease | None:
+        return self.lease_slot(tx)
+
+    def lease_slot(self, tx: Transaction) -> Lease | None:
         if len(self._busy) + self._queue.qsize() + self._leased >= self.max_workers:
             return None
         lease = self.runner.lease(on_claimed=self._enqueue_claimed)

@@ -20,6 +20,7 @@ from orchestrator.persistence.records import Lease
 from orchestrator.persistence.store import Store
 from orchestrator.runtime.engine import Engine
 from orchestrator.runtime.executor import Executor
+from orchestrator.runtime.retention import prune_task
 from orchestrator.runtime.schedules import fire_due_schedules, upsert_code_schedules
 from orchestrator.runtime.sweeper import Sweeper
 from orchestrator.runtime.timers import TimerLoop
@@ -101,6 +102,11 @@ class Orchestrator:
         self._store = Store(self._pool)
         self._process_watch = ProcessWatch(self.location.dsn)
         import_workflow_modules(s.WORKFLOW_MODULES)
+        if s.PRUNE_COMPLETED_OLDER_THAN is not None:
+            task = prune_task(
+                self._pool, s.PRUNE_COMPLETED_OLDER_THAN, tasks_only=s.PRUNE_TASKS_ONLY, cron=s.PRUNE_CRON
+            )
+            self.registry = WorkflowRegistry({**self.registry, task.name: task})
         self.workflow_ids = await self._store.upsert_workflows(
             [(wf.name, wf.target.value, wf.description, wf.is_task) for wf in self.registry.values()]
         )
@@ -190,6 +196,9 @@ class _DispatchOnly:
     kind = "none"
 
     def reserve(self, tx: object, process: object) -> Lease | None:
+        return None
+
+    def lease_slot(self, tx: object) -> Lease | None:
         return None
 
     async def start(self, tx: object, process: object) -> None:

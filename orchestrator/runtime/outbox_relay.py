@@ -30,7 +30,7 @@ import structlog
 
 from brokers.dramatiq import encode_message
 from brokers.rabbitmq import BrokerRejectedError, BrokerUnavailableError
-from orchestrator.persistence.database import DATABASE_DOWN
+from orchestrator.persistence.errors import DatabaseUnavailableError
 from orchestrator.persistence.events import OUTBOX_CHANNEL
 from orchestrator.persistence.store import Store
 
@@ -140,7 +140,7 @@ class OutboxRelay:
     def _on_failure(self, exc: Exception, retry_in: float) -> None:
         if isinstance(exc, BrokerUnavailableError):
             self._outage_started("broker", exc, retry_in)
-        elif isinstance(exc, DATABASE_DOWN):
+        elif isinstance(exc, DatabaseUnavailableError):
             self._outage_started("database", exc, retry_in)
         elif isinstance(exc, BrokerRejectedError):
             log.error("outbox.publish_rejected", error=str(exc), retry_in=retry_in)

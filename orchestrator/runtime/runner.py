@@ -10,20 +10,25 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID, uuid4
 
 import structlog
 
 from orchestrator.dsl.types import ProcessStatus
+from orchestrator.persistence.errors import DatabaseUnavailableError
 from orchestrator.persistence.records import Claim, Lease
 from orchestrator.runtime.engine import Engine, Redispatch
 
 logger = structlog.get_logger(__name__)
 
 RunKind = Literal["new", "resume"]
+
+CLAIM_RETRY_SECONDS = 120.0
+"""How long a claim is retried while the database is unavailable before the dispatch is left to the sweeper."""
 
 CLAIMABLE: dict[RunKind, tuple[str, ...]] = {"new": ("created",), "resume": ("resumed",)}
 """A new run only claims a `created` process, a resume only a `resumed` one: duplicates and stale deliveries
@@ -64,9 +69,7 @@ class Runner:
         if self.stopping:
             log.info("runner is stopping; dispatch left for another runner")
             return None
-        claim = await self.store.claims.claim(
-            pid, statuses=CLAIMABLE[kind], owner=self.owner_id, lease_ttl=self.engine.lease_ttl, user=user
-        )
+        claim = await self._claim_retrying(pid, kind, user, log)
         if claim is None:
             log.info(
                 "not claimed: the process is not in a claimable status (duplicate or stale dispatch), or the engine "
@@ -75,6 +78,24 @@ class Runner:
             return None
         self.active.add(pid)
         return claim
+
+    async def _claim_retrying(self, pid: UUID, kind: RunKind, user: str | None, log: Any) -> Claim | None:
+        """The claim, tried again while the database is unavailable (a failover, a cut connection) for up to
+        CLAIM_RETRY_SECONDS: otherwise the process would wait for the sweeper's REDISPATCH_AFTER_SECONDS. A claim
+        whose commit was lost with the connection is found `running` on retry and not claimed again; its lease
+        expires and the sweeper hands it on."""
+        delay, deadline = 0.25, time.monotonic() + CLAIM_RETRY_SECONDS
+        while True:
+            try:
+                return await self.store.claims.claim(
+                    pid, statuses=CLAIMABLE[kind], owner=self.owner_id, lease_ttl=self.engine.lease_ttl, user=user
+                )
+            except DatabaseUnavailableError as exc:
+                if self.stopping or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("claim failed: database unavailable; retrying", error=repr(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def lease(self, *, on_claimed: Callable[[Claim], None]) -> Lease | None:
         """A lease for a process to be inserted already claimed by this runner; None while stopping."""

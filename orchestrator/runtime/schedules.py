@@ -1,7 +1,8 @@
 """Schedules at run time: the code-declared ones upserted at start-up, and due ticks fired by the timer loop.
 
-Each tick is one transaction (`persistence/schedules.py`): claim the schedule, move it to the first tick after
-now (ticks missed while nothing ran are coalesced into this one), and insert the process it starts. A tick is
+Due ticks are fired in batches, each batch one transaction (`persistence/schedules.py`): claim the schedules,
+move each to its first tick after now (ticks missed while nothing ran are coalesced into this one), and insert the
+processes they start. A tick is
 skipped, and the schedule still moved on, when `no_uncompleted_instance` is set and the process of its previous
 tick has not finished, or when the start is refused (form, run predicate), as orchestrator-core's scheduler logs
 and skips such runs. A process started by a schedule is created by `schedule:<name>` and linked to it.
@@ -18,7 +19,8 @@ from orchestrator.dsl import jsonutil
 from orchestrator.dsl.schedules import parse_trigger
 from orchestrator.dsl.types import ProcessStatus
 from orchestrator.persistence.records import NewProcess
-from orchestrator.persistence.schedules import CodeSchedule
+from orchestrator.persistence.schedules import CodeSchedule, ScheduleTick
+from orchestrator.persistence.transaction import Transaction
 from orchestrator.runtime.starting import check_run_predicate, insert_process, new_process
 
 if TYPE_CHECKING:
@@ -27,6 +29,9 @@ if TYPE_CHECKING:
 logger = structlog.get_logger(__name__)
 
 FINISHED = (ProcessStatus.COMPLETED.value, ProcessStatus.ABORTED.value)
+
+TICK_BATCH = 100
+"""Ticks claimed and fired per transaction: a commit per tick bounds a program to a few dozen ticks a second."""
 
 
 def schedule_user(name: str) -> str:
@@ -58,21 +63,30 @@ async def fire_due_schedules(orch: Orchestrator) -> int:
     started = 0
     while True:
         async with orch.store.transaction() as tx:
-            due = await orch.store.claim_due_schedule(tx, list(orch.registry))
-            if due is None:
-                return started
-            trigger = parse_trigger(due["trigger"], due["trigger_kwargs"])
-            following = trigger.next_after(due["created_at"], due["now"])
-            process = await _process_for(orch, due)
-            await orch.store.advance_schedule(tx, due["schedule_id"], following, process.pid if process else None)
-            if process is not None:
-                await orch.store.record_schedule_run(
-                    tx, process.pid, due["schedule_id"], due["name"], due["next_run_at"]
-                )
-                await insert_process(orch, tx, process)
-                started += 1
-        if process is not None:
-            logger.info("schedule started a process", schedule=due["name"], process_id=str(process.pid))
+            claimed = await orch.store.claim_due_schedules(tx, list(orch.registry), TICK_BATCH)
+            ticks = [await _fire(orch, tx, due) for due in claimed]
+            await orch.store.advance_schedules(tx, ticks)
+        fired = [t for t in ticks if t.pid is not None]
+        for tick in fired:
+            logger.info("schedule started a process", schedule=tick.schedule_name, process_id=str(tick.pid))
+        started += len(fired)
+        if len(claimed) < TICK_BATCH:
+            return started
+
+
+async def _fire(orch: Orchestrator, tx: Transaction, due: dict[str, Any]) -> ScheduleTick:
+    """Start the process of a claimed tick (unless it is skipped) in `tx`; return the tick's outcome."""
+    trigger = parse_trigger(due["trigger"], due["trigger_kwargs"])
+    process = await _process_for(orch, due)
+    if process is not None:
+        await insert_process(orch, tx, process)
+    return ScheduleTick(
+        schedule_id=due["schedule_id"],
+        schedule_name=due["name"],
+        tick_at=due["next_run_at"],
+        next_run_at=trigger.next_after(due["created_at"], due["now"]),
+        pid=process.pid if process is not None else None,
+    )
 
 
 async def _process_for(orch: Orchestrator, due: dict[str, Any]) -> NewProcess | None:

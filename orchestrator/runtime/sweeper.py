@@ -88,6 +88,7 @@ class Sweeper:
         await self.dispatch_undispatched()
         await self.fail_timed_out_callbacks()
         await self.retry_waiting()
+        await self.store.fold_status_counts()
 
     async def run_forever(self) -> None:
         while True:

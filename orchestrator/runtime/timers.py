@@ -26,6 +26,10 @@ logger = structlog.get_logger(__name__)
 
 FireSchedules = Callable[[], Awaitable[int]]
 
+JUST_DUE = 0.05
+"""Seconds overdue under which unfired work is taken to have come due between the firing and the look at the next
+due time (or the loop woke a hair early), so it is fired again at once rather than after `busy_pause`."""
+
 
 class TimerLoop:
     def __init__(
@@ -84,7 +88,7 @@ class TimerLoop:
         if delay is None:
             return self.max_idle
         if delay <= 0:
-            return 0.0 if fired else self.busy_pause
+            return 0.0 if fired or delay > -JUST_DUE else self.busy_pause
         return min(delay, self.max_idle)
 
     async def run_forever(self) -> None:

@@ -4,7 +4,7 @@ Every function takes the `Orchestrator` to act on as `orchestrator=`; without it
 types its functions take and raise are re-exported here, so that a caller needs no lower layer.
 """
 
-from orchestrator.persistence.errors import ValueRefusedError
+from orchestrator.persistence.errors import DatabaseUnavailableError, ValueRefusedError
 from orchestrator.persistence.reads import PROCESS_FIELDS, Condition, Kind, Order, QueryError
 from orchestrator.persistence.stats import MetricsSnapshot
 from orchestrator.runtime.orchestrator import Orchestrator
@@ -42,6 +42,7 @@ from orchestrator.services.reads import (
     process_summary,
     status_counts,
 )
+from orchestrator.services.retention import Pruned, prune
 from orchestrator.services.schedules import (
     create_schedule,
     delete_schedule,
@@ -56,10 +57,12 @@ __all__ = [
     "ENGINE_RUNNING",
     "PROCESS_FIELDS",
     "Condition",
+    "DatabaseUnavailableError",
     "Kind",
     "MetricsSnapshot",
     "Orchestrator",
     "Order",
+    "Pruned",
     "QueryError",
     "ResumeAction",
     "ValueRefusedError",
@@ -79,6 +82,7 @@ __all__ = [
     "list_workflows",
     "metrics_snapshot",
     "process_summary",
+    "prune",
     "queue_status",
     "report_callback_progress",
     "resume_action",

@@ -3,7 +3,6 @@ the metrics Prometheus scrapes, and whether the database answers."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from orchestrator.persistence import reads, stats
@@ -45,10 +44,10 @@ async def queue_status(orch: Orchestrator) -> dict[str, dict[str, int]]:
     return status
 
 
-async def metrics_snapshot(bounds: Sequence[float], *, orchestrator: Orchestrator | None = None) -> MetricsSnapshot:
-    """Process counts, step durations bucketed under `bounds` (seconds), and the load of the workers online."""
+async def metrics_snapshot(*, orchestrator: Orchestrator | None = None) -> MetricsSnapshot:
+    """Process counts, the step-duration histogram (`STEP_SECONDS_BOUNDS`), and the load of the workers online."""
     orch = orchestrator or current()
-    return await stats.metrics_snapshot(orch.store.pool, bounds, orch.settings.LEASE_TTL_SECONDS)
+    return await stats.metrics_snapshot(orch.store.pool, orch.settings.LEASE_TTL_SECONDS)
 
 
 async def database_answers(*, orchestrator: Orchestrator | None = None) -> bool:

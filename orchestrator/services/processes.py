@@ -135,8 +135,6 @@ async def resume_process(
         raise NotAuthorizedError(f"User is not authorized to {action} step")
     if status not in RESUMABLE_STATUSES:
         raise ProcessStatusError(f"Resuming a {status} workflow is not possible")
-    if await orch.store.engine_locked():
-        raise EngineLockedError
     initial = await orch.store.latest_input(process_id, "initial_state") if not rows else None
     waiting = waiting_branch(wf, rows, initial)
     step = waiting_step(wf, rows, waiting)
@@ -149,10 +147,25 @@ async def resume_process(
     form = step.form if (waiting_for_input and step is not None) else None
     user_input = run_form(form, current_state(rows, initial, waiting), form_pages(user_inputs))
     async with orch.store.transaction() as tx:
-        await orch.executor.resume(tx, ProcessRef(process_id, row["is_task"], row["workflow_target"], user))
+        # A free run slot saves the claim's statement and the reload of the steps: the process goes straight to
+        # `running` under this runner's lease (not while awaiting a callback: progress reports change its step
+        # state in place, so the rows read above could be stale).
+        lease = orch.executor.lease_slot(tx) if status != ProcessStatus.AWAITING_CALLBACK else None
+        if lease is None:
+            await orch.executor.resume(tx, ProcessRef(process_id, row["is_task"], row["workflow_target"], user))
+        # The engine lock is checked by the resume statement itself: no resume slips past a pause.
         if not await orch.store.mark_resumed(
-            tx, pid=process_id, seen_status=status, user=user, user_input=jsonutil.normalise(user_input)
+            tx,
+            pid=process_id,
+            seen_status=status,
+            seen_token=row["fencing_token"],
+            user=user,
+            user_input=jsonutil.normalise(user_input),
+            lease=lease,
+            rows=rows,
         ):
+            if await orch.store.engine_locked():
+                raise EngineLockedError
             raise ProcessStatusError("The process changed status while it was being resumed; try again")
     logger.info("process resumed", process_id=str(process_id), user=user, previous_status=status)
 

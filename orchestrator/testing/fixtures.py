@@ -30,6 +30,7 @@ _EMPTY = """
 DELETE FROM processes;
 DELETE FROM outbox;
 DELETE FROM workers;
+DELETE FROM step_duration_counts;
 UPDATE engine_settings SET global_lock = false;
 """
 """Steps, input states and subscription links go with their process (ON DELETE CASCADE); workflows stay."""

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 from uuid import UUID
 
 import pytest
 import testflows
+from pydantic import ConfigDict
+from pydantic_forms.core import FormPage
 from pydantic_forms.exceptions import FormNotCompleteError, FormOverflowError, FormValidationError
 from support.database import step_rows
 from support.waiting import wait_status
 
 from orchestrator import services
+from orchestrator.dsl.forms import first_page_schema, run_form
 from orchestrator.exceptions import (
     EngineLockedError,
     NotAuthorizedError,
@@ -57,7 +61,8 @@ async def test_suspend_resume_with_form_validation(orch: Orchestrator) -> None:
     process = await wait_status(orch, pid)
     assert process["last_status"] == "suspended"
     assert process["assignee"] == "NOC"
-    assert process["form"]["title"] == "NameForm" or "name" in process["form"]["properties"]
+    assert process["form"]["title"] == "Name form"  # pydantic-forms' "unknown" replaced by the page's name
+    assert {"name", "count"} <= process["form"]["properties"].keys()
     before = await step_rows(orch.store.pool, pid)
     with pytest.raises(FormValidationError):
         await services.resume_process(pid, [{"count": "many"}], user="bob", orchestrator=orch)
@@ -318,6 +323,42 @@ async def test_pause_stops_running_process_before_next_step(
     ]
 
 
+async def test_resume_while_paused_is_refused_and_writes_nothing(orch: Orchestrator) -> None:
+    """The resume statement checks the engine lock itself (no separate read a pause could slip past)."""
+    pid = await start(orch, "tf_input", [{"size": 1}])
+    await wait_status(orch, pid)
+    await services.set_engine_lock(True, orchestrator=orch)
+    with pytest.raises(EngineLockedError):
+        await services.resume_process(pid, [{"name": "Ada"}], orchestrator=orch)
+    row = await orch.store.pool.fetchrow("SELECT last_status, lease_owner FROM processes WHERE pid = $1", pid)
+    assert (row["last_status"], row["lease_owner"]) == ("suspended", None)
+    assert await orch.store.pool.fetchval("SELECT count(*) FROM input_states WHERE pid = $1", pid) == 1
+    assert isinstance(orch.executor, InProcessExecutor)
+    assert orch.executor._leased == 0  # the run slot reserved for it was given back
+    await services.set_engine_lock(False, orchestrator=orch)
+    await services.resume_process(pid, [{"name": "Ada"}], orchestrator=orch)
+    assert (await wait_status(orch, pid))["last_status"] == "completed"
+
+
+async def test_a_resume_is_claimed_in_its_statement_and_fenced_by_the_token_it_read(orch: Orchestrator) -> None:
+    """With a free slot, the resume statement claims the process (one fencing token more, no `resumed` step);
+    a resume that read an older token (a run came in between) changes nothing."""
+    pid = await start(orch, "tf_input", [{"size": 1}])
+    await wait_status(orch, pid)
+    token = await orch.store.pool.fetchval("SELECT fencing_token FROM processes WHERE pid = $1", pid)
+    async with orch.store.transaction() as tx:
+        stale = await orch.store.mark_resumed(
+            tx, pid=pid, seen_status="suspended", seen_token=token - 1, user="bob", user_input={"name": "Old"}
+        )
+    assert stale is False
+    assert await orch.store.pool.fetchval("SELECT count(*) FROM input_states WHERE pid = $1", pid) == 1
+    await services.resume_process(pid, [{"name": "Ada"}], user="bob", orchestrator=orch)
+    process = await wait_status(orch, pid)
+    assert process["last_status"] == "completed"
+    assert process["current_state"]["greeting"].startswith("hello Ada")
+    assert await orch.store.pool.fetchval("SELECT fencing_token FROM processes WHERE pid = $1", pid) == token + 1
+
+
 async def test_two_racing_resumes_exactly_one_wins(orch: Orchestrator) -> None:
     pid = await start(orch, "tf_input", [{"size": 1}])
     await wait_status(orch, pid)
@@ -398,3 +439,23 @@ async def test_callback_timeout_fails_the_process_and_a_retry_runs_the_callback_
             await asyncio.sleep(0.01)
     assert rows[:2] == [("Start", "success"), ("Callback", "failed")]
     assert rows[2][0] == "Callback"
+
+
+def test_form_pages_without_a_title_are_titled_after_their_class_and_titles_given_are_kept() -> None:
+    class ApprovalForm(FormPage):
+        approved: bool
+
+    class Details(FormPage):
+        model_config = ConfigDict(title="Details of the port")
+        speed: int
+
+    def two_pages() -> Any:
+        approval = yield ApprovalForm
+        details = yield Details
+        return {"approved": approval.approved, "speed": details.speed}
+
+    assert (first_page_schema(two_pages, {}) or {})["title"] == "Approval form"
+    with pytest.raises(FormNotCompleteError) as next_page:
+        run_form(two_pages, {}, [{"approved": True}])
+    assert next_page.value.form["title"] == "Details of the port"
+    assert run_form(two_pages, {}, [{"approved": True}, {"speed": 10}]) == {"approved": True, "speed": 10}

@@ -1,4 +1,5 @@
-"""Schedules in one program: declared in code, the missed-tick rule, `no_uncompleted_instance`, the CLI."""
+"""Schedules in-process: declared in code, batches of ticks fired once by two programs, the missed-tick rule,
+`no_uncompleted_instance`, the CLI."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from orchestrator import Cron, Interval, services
 from orchestrator.dsl.workflow import Workflow, WorkflowRegistry
 from orchestrator.exceptions import ScheduleError
 from orchestrator.runtime.orchestrator import Orchestrator
+from orchestrator.runtime.schedules import TICK_BATCH
 from orchestrator.settings import AppSettings
 
 
@@ -65,6 +67,29 @@ async def test_ticks_missed_while_nothing_ran_run_once_on_return(settings: AppSe
         assert await started() == [(await started())[0]]  # five missed ticks, one process
         expected = row["created_at"] - timedelta(hours=5, minutes=1) + timedelta(hours=6)
         assert abs((after["next_run_at"] - expected).total_seconds()) < 1
+
+
+async def test_two_programs_fire_more_due_ticks_than_a_batch_holds_once_each(settings: AppSettings) -> None:
+    """Two timer loops claim batches of the same due schedules: every tick starts exactly one process."""
+    ticks = 3
+    async with Orchestrator(settings) as one, Orchestrator(settings) as two:
+        for i in range(TICK_BATCH + 50):
+            await services.create_schedule("time_tick", "interval", {"seconds": 1}, name=f"b{i}", orchestrator=one)
+
+        async def every_schedule_ticked() -> bool:
+            least = await two.store.pool.fetchval(
+                "SELECT min(n) FROM (SELECT count(r.pid) AS n FROM schedules s"
+                " LEFT JOIN schedule_runs r USING (schedule_id) GROUP BY s.schedule_id) c"
+            )
+            return bool(least >= ticks)
+
+        await wait_until(every_schedule_ticked, timeout=60, what=f"{ticks} ticks of every schedule")
+        await one.store.pool.execute("DELETE FROM schedules")
+    async with Orchestrator(settings, run_processes=False) as reader:
+        runs = await reader.store.pool.fetch("SELECT schedule_id, tick_at FROM schedule_runs")
+        started = await reader.store.pool.fetchval("SELECT count(*) FROM processes WHERE created_by LIKE 'schedule:%'")
+    assert len({(r["schedule_id"], r["tick_at"]) for r in runs}) == len(runs), "a tick started two processes"
+    assert started == len(runs) >= (TICK_BATCH + 50) * ticks
 
 
 async def test_no_uncompleted_instance_skips_ticks_while_the_previous_process_runs(orch: Orchestrator) -> None:

@@ -107,3 +107,20 @@ async def test_etag(client: httpx.AsyncClient, listed: dict[str, str]) -> None:
     changed = await client.get("/api/processes", headers={"If-None-Match": etag})
     assert changed.status_code == 200
     assert changed.headers["ETag"] != etag
+
+
+async def test_total_above_the_exact_limit_is_an_estimate(
+    client: httpx.AsyncClient, listed: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past EXACT_TOTAL_UP_TO rows the total is the planner's estimate (never below what was counted), so that a
+    first page costs the same on a million processes; the response keeps its shape."""
+    from orchestrator.persistence import reads
+
+    monkeypatch.setattr(reads, "EXACT_TOTAL_UP_TO", 2)
+    response = await client.get("/api/processes", params={"range": "0,2"})
+    assert response.status_code == 200, response.text
+    assert len(response.json()) == 2
+    total = int(response.headers["Content-Range"].rpartition("/")[2])
+    assert total >= 3
+    exact = await client.get("/api/processes", params={"range": "0,2", "filter": "lastStatus,failed"})
+    assert exact.headers["Content-Range"] == "processes 0-2/1"

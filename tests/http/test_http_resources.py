@@ -101,3 +101,16 @@ async def test_metrics(client: httpx.AsyncClient) -> None:
     assert samples[("orchestrator_workers_online", ())] >= 1
     assert samples[("orchestrator_executor_capacity", ())] >= 1
     assert 0 <= samples[("orchestrator_executor_saturation", ())] <= 1
+
+
+def test_the_migration_counted_history_with_the_histogram_bounds() -> None:
+    """Migration 0006 seeds `step_duration_counts` from existing rows with the bounds the step writer uses."""
+    import re
+
+    from orchestrator.persistence.migrations import migrations_dir
+    from orchestrator.persistence.step_durations import NEGATED_BOUNDS
+
+    text = (migrations_dir() / "0006_history_at_scale.sql").read_text()
+    literal = re.search(r"'\{([-0-9.,]+)\}'::float8\[\]", text)
+    assert literal is not None
+    assert [float(v) for v in literal.group(1).split(",")] == NEGATED_BOUNDS

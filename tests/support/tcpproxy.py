@@ -1,4 +1,5 @@
-"""A TCP proxy in front of RabbitMQ, for outage tests (asyncpg-style adversity without touching the shared server).
+"""A TCP proxy in front of RabbitMQ or PostgreSQL, for outage tests (asyncpg-style adversity without touching the
+shared servers).
 
 A pytest plugin (tests/conftest.py lists it in `pytest_plugins`): the `proxy` fixture is a started one.
 """
@@ -15,8 +16,9 @@ from support.urls import BROKER_URL
 
 
 class TcpProxy:
-    """127.0.0.1:<port> → RabbitMQ. `cut()` drops every connection and refuses new ones; `reopen()` listens again
-    on the same port (a RabbitMQ outage as its clients see it, without touching the shared server)."""
+    """127.0.0.1:<port> → the server of `target` (RabbitMQ by default). `cut()` drops every connection and refuses
+    new ones; `refuse_new()` only refuses new ones (a server at its connection limit, or shutting down);
+    `reopen()` listens again on the same port (an outage as clients see it, without touching the shared server)."""
 
     def __init__(self, target: str = BROKER_URL) -> None:
         self.target = urlsplit(target)
@@ -27,7 +29,9 @@ class TcpProxy:
 
     @property
     def url(self) -> str:
-        netloc = f"{self.target.username}:{self.target.password}@127.0.0.1:{self.port}"
+        """`target` with the proxy's address: same credentials, path and query."""
+        userinfo = self.target.netloc.rpartition("@")[0]
+        netloc = f"{userinfo}@127.0.0.1:{self.port}" if userinfo else f"127.0.0.1:{self.port}"
         return self.target._replace(netloc=netloc).geturl()
 
     async def start(self) -> None:
@@ -37,10 +41,13 @@ class TcpProxy:
     async def reopen(self) -> None:
         await self.start()
 
-    async def cut(self) -> None:
+    async def refuse_new(self) -> None:
         if self._server is not None:
             self._server.close()
             self._server = None
+
+    async def cut(self) -> None:
+        await self.refuse_new()
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()
