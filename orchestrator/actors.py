@@ -4,6 +4,6 @@ The worker layer lives in `orchestrator.worker`; importing this module configure
 actors (`orchestrator.worker.actors`), which is all `dramatiq` needs from it.
 """
 
-from orchestrator.worker.actors import new_task, new_workflow, resume_task, resume_workflow
+from orchestrator.worker.actors import new_task, new_workflow, resume_task, resume_workflow, run_branch
 
-__all__ = ["new_task", "new_workflow", "resume_task", "resume_workflow"]
+__all__ = ["new_task", "new_workflow", "resume_task", "resume_workflow", "run_branch"]

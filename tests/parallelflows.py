@@ -6,7 +6,22 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from orchestrator import FormPage, State, StepList, begin, done, init, inputstep, map_parallel, parallel, step, workflow
+from testflows import call_external, validate_callback
+
+from orchestrator import (
+    FormPage,
+    State,
+    StepList,
+    begin,
+    callback_step,
+    done,
+    init,
+    inputstep,
+    map_parallel,
+    parallel,
+    step,
+    workflow,
+)
 
 RUNS: Counter[str] = Counter()
 """How often each counted step ran in this program (in-process tests)."""
@@ -102,6 +117,11 @@ def after_approval(approved: bool) -> State:
 @workflow("Input in a branch")
 def pf_input() -> StepList:
     return begin >> init >> parallel("Ask", approve >> after_approval, set_a, comment) >> done
+
+
+@workflow("Callback in a branch")
+def pf_callback() -> StepList:
+    return begin >> init >> parallel("Call", callback_step("Callback", call_external, validate_callback), set_a) >> done
 
 
 @step("Flaky")

@@ -9,7 +9,6 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -25,11 +24,10 @@ from support.waiting import wait_until
 
 from brokers.dramatiq import declare_dramatiq_queues, queue_declarations
 from brokers.rabbitmq import Publisher
+from orchestrator.persistence import migrations
 from orchestrator.persistence.events import OUTBOX_CHANNEL
 from orchestrator.persistence.store import Store
 from orchestrator.runtime.outbox_relay import OutboxRelay
-
-MIGRATION = Path(__file__).resolve().parents[1] / "migrations" / "0001_initial.sql"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +35,7 @@ async def database() -> AsyncIterator[str]:
     async with scratch_database("outbox_test") as dsn:
         conn = await asyncpg.connect(dsn)
         try:
-            await conn.execute(MIGRATION.read_text())
+            await migrations.upgrade(conn)
         finally:
             await conn.close()
         yield dsn

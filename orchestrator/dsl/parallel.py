@@ -74,6 +74,20 @@ class Fork:
             for i, element in enumerate(elements)
         ]
 
+    def branch_labelled(self, state: State, label: str) -> Branch | None:
+        """The one branch labelled `label` from the fork state (without copying the state for every sibling)."""
+        prefix = f"{self.name}["
+        index_text = label[len(prefix) : -1] if label.startswith(prefix) and label.endswith("]") else ""
+        if not index_text.isdigit():
+            return None
+        index = int(index_text)
+        if self.branch is None:
+            return Branch(label, self.branches[index], dict(state)) if index < len(self.branches) else None
+        elements = self._elements(state)
+        if index >= len(elements):
+            return None
+        return Branch(label, self.branch, {**state, ITEM: elements[index], ITEM_INDEX: index})
+
     def _elements(self, state: State) -> list[Any]:
         source = self.items
         if isinstance(source, str):

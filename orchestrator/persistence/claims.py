@@ -18,7 +18,22 @@ from orchestrator.persistence.groupcommit import GroupCommit
 from orchestrator.persistence.processes import STEPS_AGG
 from orchestrator.persistence.records import Claim, step_rows
 
-_CLAIM = f"""
+CLAIM_LOAD = f"""
+SELECT c.*, w.name AS workflow_name, w.target,
+       {STEPS_AGG.format(alias="c", only="{only}")} AS steps,
+       (SELECT i.input_state FROM input_states i
+         WHERE i.pid = c.pid AND i.input_type = 'initial_state' ORDER BY i.input_time DESC LIMIT 1) AS initial_state,
+       (SELECT i.input_state FROM input_states i
+         WHERE i.pid = c.pid AND i.input_type = 'user_input'
+           AND i.input_time > coalesce((SELECT max(s.completed_at) FROM process_steps s WHERE s.pid = c.pid),
+                                       '-infinity'::timestamptz)
+         ORDER BY i.input_time DESC LIMIT 1) AS pending_input
+  FROM c JOIN workflows w ON w.workflow_id = c.workflow_id
+"""
+"""What a claim loads of the processes `c` (pid, workflow_id, fencing_token, is_task, created_by, run_by), as read by
+`claim_of`; `{only}` restricts the step rows loaded (a condition on `s`, or "")."""
+
+_CLAIM = """
 WITH i AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::varchar[], $4::float8[], $5::varchar[])
         AS t(pid, claimable, owner, lease_ttl, run_by)
@@ -33,18 +48,7 @@ WITH i AS (
        AND (p.last_status <> 'running' OR p.lease_expires_at < now())
        AND NOT coalesce((SELECT bool_or(global_lock) FROM engine_settings), false)
  RETURNING p.pid, p.workflow_id, p.fencing_token, p.is_task, p.created_by, p.run_by
-)
-SELECT c.*, w.name AS workflow_name, w.target,
-       {STEPS_AGG.format(alias="c")} AS steps,
-       (SELECT i.input_state FROM input_states i
-         WHERE i.pid = c.pid AND i.input_type = 'initial_state' ORDER BY i.input_time DESC LIMIT 1) AS initial_state,
-       (SELECT i.input_state FROM input_states i
-         WHERE i.pid = c.pid AND i.input_type = 'user_input'
-           AND i.input_time > coalesce((SELECT max(s.completed_at) FROM process_steps s WHERE s.pid = c.pid),
-                                       '-infinity'::timestamptz)
-         ORDER BY i.input_time DESC LIMIT 1) AS pending_input
-  FROM c JOIN workflows w ON w.workflow_id = c.workflow_id
-"""
+)""" + CLAIM_LOAD.format(only="")
 
 # Renewal never waits for a row lock: a row locked right now is being written by a batch of step writes or
 # claims that locks its rows in its own order, and waiting on it from a multi-row statement can close a deadlock
@@ -87,14 +91,15 @@ class Claims:
         columns = [[getattr(r, name) for r in first] for name in _ClaimRequest._fields]
         rows = {row["pid"]: row for row in await self.pool.fetch(_CLAIM, *columns)}
         tried = {id(r) for r in first}
-        return [_claim(rows[r.pid]) if id(r) in tried and r.pid in rows else None for r in requests]
+        return [claim_of(rows[r.pid]) if id(r) in tried and r.pid in rows else None for r in requests]
 
     async def renew_leases(self, owner: str, pids: Sequence[UUID], lease_ttl: float) -> None:
         if pids:
             await self.pool.execute(_RENEW, owner, list(pids), lease_ttl)
 
 
-def _claim(row: Any) -> Claim:
+def claim_of(row: Any, *, branch: str | None = None) -> Claim:
+    """The claim a `CLAIM_LOAD` row describes (`branch`: the branch it holds, its token the branch's)."""
     return Claim(
         pid=row["pid"],
         token=row["fencing_token"],
@@ -106,4 +111,5 @@ def _claim(row: Any) -> Claim:
         rows=step_rows(row["steps"]),
         initial_state=row["initial_state"],
         pending_input=row["pending_input"],
+        branch=branch,
     )

@@ -33,7 +33,7 @@ INSERT INTO outbox (queue, actor, pid, run_by) SELECT $1, $2, $3, $4 WHERE NOT E
 # back if it rolls back.
 _TAKE = """
 DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-RETURNING id, queue, actor, pid, run_by
+RETURNING id, queue, actor, pid, run_by, branch
 """
 
 
@@ -43,6 +43,8 @@ class OutboxRow(NamedTuple):
     actor: str
     pid: UUID
     run_by: str
+    branch: str | None
+    """A branch message's branch (`persistence/branch_claims.py`); None for a process's dispatch."""
 
 
 class OutboxStatements(Statements):

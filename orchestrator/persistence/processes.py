@@ -22,9 +22,10 @@ STEPS_AGG = """
                 'created_by', s.created_by, 'branch', s.branch, 'started_at', s.started_at,
                 'completed_at', s.completed_at)
             ORDER BY s.completed_at, s.seq), '[]'::jsonb)
-       FROM process_steps s WHERE s.pid = {alias}.pid)
+       FROM process_steps s WHERE s.pid = {alias}.pid{only})
 """
-"""The step rows of the process aliased `{alias}`, oldest first, as one JSON array (read with `step_rows`)."""
+"""The step rows of the process aliased `{alias}` (`only`: a further condition on `s`, or ""), oldest first, as one
+JSON array (read with `step_rows`)."""
 
 _RESUME = """
 WITH p AS (
@@ -66,6 +67,10 @@ WITH p AS (
            lease_owner = NULL, lease_expires_at = NULL, fencing_token = fencing_token + 1, last_modified_at = now()
      WHERE pid = $1 AND last_status <> 'completed'
  RETURNING pid
+), b AS (
+    UPDATE process_branches SET status = 'stopped', lease_owner = NULL, lease_expires_at = NULL,
+           fencing_token = fencing_token + 1, modified_at = now()
+     WHERE pid = $1 AND status <> 'stopped' AND EXISTS (SELECT 1 FROM p)
 ), s AS (
     INSERT INTO process_steps (pid, name, status, state, created_by, started_at, completed_at)
     SELECT pid, 'User Aborted', 'abort',
@@ -79,7 +84,7 @@ SELECT (SELECT count(*) FROM p) AS aborted, EXISTS (SELECT 1 FROM processes WHER
 """
 
 _LOAD = f"""
-SELECT p.*, w.name AS workflow_name, w.target AS workflow_target, {STEPS_AGG.format(alias="p")} AS steps,
+SELECT p.*, w.name AS workflow_name, w.target AS workflow_target, {STEPS_AGG.format(alias="p", only="")} AS steps,
        (SELECT t.due_at FROM process_timers t WHERE t.pid = p.pid) AS next_attempt_at,
        (SELECT r.schedule_id FROM schedule_runs r WHERE r.pid = p.pid) AS schedule_id
   FROM processes p JOIN workflows w ON w.workflow_id = p.workflow_id

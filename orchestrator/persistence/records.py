@@ -71,6 +71,9 @@ class Claim:
     initial_state: State | None
     pending_input: State | None
     """The latest user input, if it arrived after the last step row (it has not been applied yet)."""
+    branch: str | None = None
+    """Distributed mode: the branch of the process's fork in flight this claim holds (`process_branches`); its
+    `token` is then the branch's fencing token, and its `rows` are the workflow's own and that branch's."""
 
 
 @dataclass(frozen=True)

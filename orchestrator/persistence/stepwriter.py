@@ -10,11 +10,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 from uuid import UUID
 
 import asyncpg
 
 from orchestrator.dsl.types import State
+from orchestrator.persistence.branch_claims import JOIN_WHEN_LAST
 from orchestrator.persistence.events import EventPublisher
 from orchestrator.persistence.groupcommit import GroupCommit
 from orchestrator.persistence.step_durations import DURATION_SHARDS, NEGATED_BOUNDS
@@ -40,19 +42,30 @@ class StepOutcome:
     replace_stepid: UUID | None
     stepid: UUID
     branch: str | None = None
+    fence: str | None = None
+    """Distributed mode: the branch of the fork in flight whose `process_branches` row fences this write (`token`
+    is then that row's token); None: fenced by the process row, which the write updates."""
+    stop: bool = False
+    """With `fence`: this outcome ends the branch (its last step, or one that fails or waits): the branch row is
+    `stopped` in the same statement, and if it was the fork's last open branch the process is claimed for `owner`."""
+    owner: str | None = None
+    lease_ttl: float = 0.0
+    """With `stop`: the lease `owner` takes on the process if this write hands it over."""
     wake_at: datetime | None = None
     """When a `waiting` process is to continue (a retry attempt, the end of a sleep): a timer row is written."""
     timer_kind: str | None = None
     attempt: int = 0
 
 
-_MANY = """
+_MANY = f"""
 WITH i AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[],
                          $7::varchar[], $8::varchar[], $9::jsonb[], $10::varchar[], $11::timestamptz[], $12::uuid[],
-                         $13::uuid[], $14::varchar[], $15::timestamptz[], $16::varchar[], $17::int[])
+                         $13::uuid[], $14::varchar[], $15::timestamptz[], $16::varchar[], $17::int[],
+                         $18::varchar[], $19::bool[], $20::varchar[], $21::float8[])
         AS t(pid, token, process_status, step_name, assignee, failed_reason, traceback, step_status, state,
-             created_by, started_at, replace_id, stepid, branch, wake_at, timer_kind, attempt)
+             created_by, started_at, replace_id, stepid, branch, wake_at, timer_kind, attempt, fence, stop, owner,
+             lease_ttl)
 ), p AS (
     UPDATE processes pr
        SET last_status = i.process_status, last_step = i.step_name, assignee = i.assignee,
@@ -60,21 +73,36 @@ WITH i AS (
            lease_owner = CASE WHEN i.process_status = 'running' THEN pr.lease_owner END,
            lease_expires_at = CASE WHEN i.process_status = 'running' THEN pr.lease_expires_at END
       FROM i
-     WHERE pr.pid = i.pid AND pr.fencing_token = i.token AND pr.last_status = 'running'
+     WHERE pr.pid = i.pid AND pr.fencing_token = i.token AND pr.last_status = 'running' AND i.fence IS NULL
  RETURNING pr.pid
+), fenced AS (
+    UPDATE process_branches b
+       SET lease_expires_at = CASE WHEN i.stop THEN NULL ELSE b.lease_expires_at END,
+           status = CASE WHEN i.stop THEN 'stopped' ELSE b.status END,
+           lease_owner = CASE WHEN i.stop THEN NULL ELSE b.lease_owner END,
+           modified_at = CASE WHEN i.stop THEN now() ELSE b.modified_at END
+      FROM i
+     WHERE b.pid = i.pid AND b.path = i.fence AND b.fencing_token = i.token AND b.status = 'running'
+ RETURNING i.stepid, i.stop, i.pid, i.owner, i.lease_ttl
+), b AS (
+    SELECT pid, owner, lease_ttl FROM fenced WHERE stop
+){JOIN_WHEN_LAST}, ok AS (
+    SELECT i.* FROM i JOIN p ON p.pid = i.pid WHERE i.fence IS NULL
+     UNION ALL
+    SELECT i.* FROM i JOIN fenced f ON f.stepid = i.stepid
 ), ins AS (
     INSERT INTO process_steps (stepid, pid, name, status, state, created_by, started_at, completed_at, branch)
-    SELECT i.stepid, i.pid, i.step_name, i.step_status, i.state, i.created_by,
-           coalesce(i.started_at, clock_timestamp()), clock_timestamp(), i.branch
-      FROM i JOIN p ON p.pid = i.pid WHERE i.replace_id IS NULL
+    SELECT ok.stepid, ok.pid, ok.step_name, ok.step_status, ok.state, ok.created_by,
+           coalesce(ok.started_at, clock_timestamp()), clock_timestamp(), ok.branch
+      FROM ok WHERE ok.replace_id IS NULL
 ), upd AS (
     UPDATE process_steps s
-       SET name = i.step_name, status = i.step_status, state = i.state, completed_at = clock_timestamp()
-      FROM i JOIN p ON p.pid = i.pid
-     WHERE s.stepid = i.replace_id AND s.pid = i.pid
+       SET name = ok.step_name, status = ok.step_status, state = ok.state, completed_at = clock_timestamp()
+      FROM ok
+     WHERE s.stepid = ok.replace_id AND s.pid = ok.pid
 ), timer AS (
     INSERT INTO process_timers (pid, due_at, kind, attempt)
-    SELECT i.pid, i.wake_at, i.timer_kind, i.attempt FROM i JOIN p ON p.pid = i.pid WHERE i.wake_at IS NOT NULL
+    SELECT ok.pid, ok.wake_at, ok.timer_kind, ok.attempt FROM ok WHERE ok.wake_at IS NOT NULL AND ok.fence IS NULL
         ON CONFLICT (pid) DO UPDATE SET due_at = excluded.due_at, kind = excluded.kind, attempt = excluded.attempt
 ), hist AS (
     INSERT INTO step_duration_counts AS c (shard, bucket, n, seconds)
@@ -84,19 +112,27 @@ WITH i AS (
      GROUP BY 2
         ON CONFLICT (shard, bucket) DO UPDATE SET n = c.n + excluded.n, seconds = c.seconds + excluded.seconds
 )
-SELECT (SELECT coalesce(array_agg(pid), '{}') FROM p) AS ok,
+SELECT (SELECT coalesce(array_agg(stepid), '{{}}') FROM ok) AS ok,
+       (SELECT coalesce(array_agg(pid ORDER BY pid), '{{}}') FROM j WHERE open_branches = 0) AS joined,
+       (SELECT coalesce(array_agg(fencing_token ORDER BY pid), '{{}}') FROM j WHERE open_branches = 0)
+           AS joined_tokens,
        coalesce((SELECT bool_or(global_lock) FROM engine_settings), false) AS locked
 """
 
 _COLUMNS = (
     "pid", "token", "process_status", "step_name", "assignee", "failed_reason", "traceback", "step_status", "state",
     "created_by", "started_at", "replace_stepid", "stepid", "branch", "wake_at", "timer_kind",
-    "attempt",
+    "attempt", "fence", "stop", "owner", "lease_ttl",
 )  # fmt: skip
 """StepOutcome fields in the order of the statement's parameters."""
 
-Result = tuple[bool, bool]
-"""(accepted, engine_locked)"""
+
+class Written(NamedTuple):
+    accepted: bool
+    engine_locked: bool
+    joined_token: int | None
+    """With `stop`: the process's new fencing token when this write stopped its fork's last open branch and claimed
+    the process (for the outcome's `owner`); None otherwise."""
 
 
 class StepWriter:
@@ -106,22 +142,26 @@ class StepWriter:
         self._group = GroupCommit(self._write_many, on_alone_failing=_unstorable)
         self._shard = random.randrange(DURATION_SHARDS)
 
-    async def write(self, outcome: StepOutcome) -> Result:
+    async def write(self, outcome: StepOutcome) -> Written:
         return await self._group.submit(outcome)
 
-    async def _write_many(self, outcomes: list[StepOutcome]) -> list[Result]:
+    async def _write_many(self, outcomes: list[StepOutcome]) -> list[Written]:
         columns = [[getattr(o, name) for o in outcomes] for name in _COLUMNS]
         row = await self.pool.fetchrow(_MANY, *columns, self._shard, NEGATED_BOUNDS)
         assert row is not None
         accepted = set(row["ok"])
         locked = bool(row["locked"])
         for o in outcomes:
-            if o.pid in accepted:
+            if o.stepid in accepted:
                 event = {"pid": str(o.pid), "status": o.process_status, "step": o.step_name}
                 self.events.publish({**event, "branch": o.branch} if o.branch else event)
                 if o.wake_at is not None:
                     self.events.publish({"due": o.wake_at.timestamp()}, channel=TIMERS_CHANNEL)
-        return [(o.pid in accepted, locked) for o in outcomes]
+        joined = dict(zip(row["joined"], row["joined_tokens"], strict=True))
+        return [
+            Written(o.stepid in accepted, locked, joined.pop(o.pid, None) if o.stop and o.stepid in accepted else None)
+            for o in outcomes
+        ]
 
 
 def _unstorable(exc: Exception) -> Exception:

@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 
 import asyncpg
 
+from orchestrator.persistence.branch_claims import BranchClaims
 from orchestrator.persistence.branches import BranchStatements
 from orchestrator.persistence.claims import Claims
 from orchestrator.persistence.creates import ProcessCreator
@@ -48,6 +49,7 @@ class Store(
         """The program's one LISTEN connection, shared by its components (`listener.py`)."""
         self.steps = StepWriter(pool, self.events)
         self.claims = Claims(pool, self.events)
+        self.branch_claims = BranchClaims(pool, self.events)
         self.creates = ProcessCreator(pool)
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:

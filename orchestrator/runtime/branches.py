@@ -26,6 +26,7 @@ from orchestrator.dsl.state import (
 )
 from orchestrator.dsl.steps import StepList
 from orchestrator.dsl.types import Assignee, ProcessStatus, State, StepStatus
+from orchestrator.dsl.workflow import Workflow
 from orchestrator.exceptions import ClaimLostError
 from orchestrator.persistence.records import Claim, StepRow
 from orchestrator.persistence.store import Store
@@ -51,11 +52,15 @@ class ForkRun(Protocol):
     pending: State | None
     resume_path: str | None
     locked: bool
+    closing: bool
+    stopped: bool
+    joined_token: int | None
     rows: list[StepRow]
     inflight: list[StepRow]
     last: Any
 
     def branch_run(self, path: str, own: list[StepRow], inflight: list[StepRow]) -> ForkRun: ...
+    def initial_state(self, wf: Workflow) -> State: ...
     async def run_steps(self, result: Process, remaining: StepList) -> Process | None: ...
     async def _write(self, name: str, result: Process, assignee: str) -> Process: ...
     def _classify(self, result: Process, step_assignee: str = ...) -> tuple[ProcessStatus, str]: ...
@@ -132,8 +137,19 @@ def first_waiting(
     return None
 
 
-async def run_fork(parent: ForkRun, fork: Fork, state: State) -> Process:
-    """Run the fork's branches concurrently from `state`; the joined state, a failure, or Unjoined."""
+@dataclass(frozen=True)
+class Prepared:
+    """A fork ready to run: the state it starts from and each branch with the run that writes its rows."""
+
+    fork_state: State
+    runs: list[tuple[Branch, ForkRun]]
+
+    def join(self, fork: Fork, outcomes: Sequence[Process | None]) -> Process:
+        return _join(fork, self.fork_state, [r for _, r in self.runs], [b.steps for b, _ in self.runs], outcomes)
+
+
+def prepare(parent: ForkRun, fork: Fork, state: State) -> Prepared | Failed:
+    """The fork's branches from `state`, each with its run scoped to its own rows; Failed when it cannot fork."""
     fork_state = {k: v for k, v in state.items() if k != LAST_STEP_STARTED_AT}
     try:
         expanded = fork.expand(fork_state)
@@ -151,32 +167,59 @@ async def run_fork(parent: ForkRun, fork: Fork, state: State) -> Process:
     for br in expanded:
         path = branch_path(parent.branch, br.label)
         runs.append((br, parent.branch_run(path, *scope(children.get(br.label, []), path))))
+    return Prepared(fork_state, runs)
+
+
+async def run_fork(parent: ForkRun, fork: Fork, state: State) -> Process:
+    """Run the fork's branches concurrently from `state`; the joined state, a failure, or Unjoined."""
+    prepared = prepare(parent, fork, state)
+    if isinstance(prepared, Failed):
+        return prepared
+    if parent.closing:  # the fork's branches ran elsewhere: their rows are their outcomes
+        return prepared.join(fork, [await replay(run, br) for br, run in prepared.runs])
     slots = asyncio.Semaphore(fork.max_concurrency) if fork.max_concurrency else None
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(_run_branch(run, br, slots)) for br, run in runs]
+            tasks = [group.create_task(run_branch(run, br, slots)) for br, run in prepared.runs]
     except* ClaimLostError:  # aborted or taken over: every branch stops (the group cancelled the others)
         raise ClaimLostError(parent.claim.pid) from None
-    outcomes = [task.result() for task in tasks]
-    parent.locked = parent.locked or any(run.locked for _, run in runs)
-    return _join(fork, fork_state, [run for _, run in runs], [br.steps for br, _ in runs], outcomes)
+    parent.locked = parent.locked or any(run.locked for _, run in prepared.runs)
+    return prepared.join(fork, [task.result() for task in tasks])
 
 
-async def _run_branch(run: ForkRun, br: Branch, slots: asyncio.Semaphore | None) -> Process | None:
+async def replay(run: ForkRun, br: Branch) -> Process | None:
+    """A branch's outcome read from its rows, running nothing (a nested fork in flight is replayed too); None
+    when it stopped before a step it still has to run."""
+    own = run.rows
+    cleared = [row for row in own if row.cleared]
+    if own and not own[-1].cleared:
+        return from_step_status(own[-1].status, own[-1].state)
+    state = dict(cleared[-1].state) if cleared else br.state
+    remaining = br.steps[len(cleared) :]
+    if not remaining:
+        return Success(state)
+    if remaining[0].fork is not None and run.inflight:
+        return await run_fork(run, remaining[0].fork, state)
+    return None
+
+
+async def run_branch(run: ForkRun, br: Branch, slots: asyncio.Semaphore | None = None) -> Process | None:
     guard: AbstractAsyncContextManager[Any] = slots if slots is not None else nullcontext()
     async with guard:
-        start, remaining = await _reload(run, br)
+        start, remaining = await reload(run, br)
         if isinstance(start, Suspend | AwaitingCallback):
             return start
         return await run.run_steps(start, remaining)
 
 
-async def _reload(run: ForkRun, br: Branch) -> tuple[Process, StepList]:
+async def reload(run: ForkRun, br: Branch) -> tuple[Process, StepList]:
     """A branch's current result and remaining steps from its own rows, as the engine reloads a process."""
     own = run.rows
     cleared = [row for row in own if row.cleared]
     remaining = br.steps[len(cleared) :]
     base: Process = Success(dict(cleared[-1].state) if cleared else br.state)
+    if own and own[-1].cleared and own[-1].state.get(STEP_GROUP) == own[-1].name:
+        return base, br.steps[len(cleared) - 1 :]  # a step group in progress: it runs on after its sub-step
     if not own or own[-1].status not in WAITING:
         return base, remaining
     last = own[-1]

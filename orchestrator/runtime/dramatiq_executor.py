@@ -12,13 +12,14 @@ wait, and any relay publishes them once RabbitMQ is back. The API never runs ste
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from contextlib import suppress
 
 import structlog
 
 from brokers.dramatiq import queue_declarations
 from brokers.rabbitmq import Publisher
-from orchestrator.persistence.records import Dispatch, ProcessRef
+from orchestrator.persistence.records import Claim, Dispatch, ProcessRef
 from orchestrator.persistence.transaction import Transaction
 from orchestrator.runtime.engine import Engine
 from orchestrator.runtime.outbox_relay import OutboxRelay
@@ -34,6 +35,9 @@ ACTORS: dict[tuple[RunKind, bool], str] = {
     ("resume", False): "resume_workflow",
 }
 """The actor of a dispatch, by (new or resume, is_task): orchestrator-core's four task names."""
+
+BRANCH_ACTOR = "run_branch"
+"""The actor of a branch message `(process_id, branch)`: one branch of a fork in flight (`runtime/spread.py`)."""
 
 DRAIN_TIMEOUT_SECONDS = 10.0
 """Bound on the last outbox drain at close (the broker may be down: the rows then wait for another relay)."""
@@ -54,6 +58,17 @@ class DramatiqExecutor:
         self.relay: OutboxRelay | None = None
         self._publisher: Publisher | None = None
         self._relay_task: asyncio.Task[None] | None = None
+        engine.spread = self.spread
+
+    async def spread(self, claim: Claim, paths: Sequence[str]) -> bool:
+        """Dispatch each branch as its own message (to the process's queue), in one statement; let the process go."""
+        queue = self.settings.queue_for(is_task=claim.is_task, target=claim.target)
+        detached = await self.engine.store.branch_claims.detach_fork(
+            pid=claim.pid, token=claim.token, paths=paths, queue=queue, actor=BRANCH_ACTOR, run_by=claim.run_by
+        )
+        if detached:
+            self.wake()
+        return detached
 
     def reserve(self, tx: Transaction, process: ProcessRef) -> Dispatch:
         """Workers claim what they run: a new process is inserted with its outbox row."""

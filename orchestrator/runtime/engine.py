@@ -43,7 +43,7 @@ from orchestrator.persistence.records import Claim, ProcessRef, StepRow
 from orchestrator.persistence.stepwriter import StepOutcome
 from orchestrator.persistence.store import Store
 from orchestrator.persistence.transaction import Transaction
-from orchestrator.runtime import branches
+from orchestrator.runtime import branches, spread
 from orchestrator.runtime.retries import Wake, next_wake
 
 logger = structlog.get_logger(__name__)
@@ -83,10 +83,16 @@ class Engine:
         self.limiter = anyio.CapacityLimiter(max_threads)
         self.lease_ttl = lease_ttl
         self.max_branches = max_branches
+        self.spread: spread.Spread | None = None
+        """Distributed mode: how a fork's branches are dispatched (`runtime/spread.py`); None: run in the run."""
 
-    async def run(self, claim: Claim, *, stopping: Callable[[], bool], redispatch: Redispatch) -> ProcessStatus | None:
-        """Run the claimed process until it suspends, ends, fails or must stop; return its status (None: lost)."""
+    async def run(
+        self, claim: Claim, *, stopping: Callable[[], bool], redispatch: Redispatch, closing: bool = False
+    ) -> ProcessStatus | None:
+        """Run the claimed process until it suspends, ends, fails or must stop; return its status (None: lost).
+        `closing`: the claim was handed over by the last branch of the fork in flight, which joins from its rows."""
         run = _Run(self, claim, stopping, redispatch)
+        run.closing = closing
         log = logger.bind(process_id=str(claim.pid), workflow=claim.workflow_name)
         try:
             # Lines logged during the run by layers that know no process (the DSL's "step failed", the steps'
@@ -98,6 +104,36 @@ class Engine:
             return None
         log.info("run ended", status=status.value)
         return status
+
+    async def run_branch(self, claim: Claim, *, stopping: Callable[[], bool], owner: str) -> Claim | None:
+        """Run the branch `claim` holds (distributed mode); stop it, or park it when it stopped before a step.
+        Return the claim of its process when this was the fork's last open branch: the caller runs it on."""
+        run = _Run(self, claim, stopping, _no_redispatch)
+        run.owner = owner
+        log = logger.bind(process_id=str(claim.pid), branch=claim.branch)
+        wf = self.registry.get(claim.workflow_name)
+        if wf is None:
+            log.error("unknown workflow: branch left for a worker that has it", workflow=claim.workflow_name)
+            await self.store.branch_claims.park(claim, paused=False)
+            return None
+        try:
+            with structlog.contextvars.bound_contextvars(process_id=str(claim.pid)):
+                outcome = await spread.run_claimed_branch(run, wf)
+        except ClaimLostError:
+            log.warning("branch claim lost: taken over, or the process was aborted; this run stops")
+            return None
+        if outcome is None:
+            await self.store.branch_claims.park(claim, paused=run.locked)
+            return None
+        if run.stopped:  # its last write stopped the branch
+            return (
+                None if run.joined_token is None else await self.store.branch_claims.load(claim.pid, run.joined_token)
+            )
+        return await self.store.branch_claims.stop(claim, owner=owner, lease_ttl=self.lease_ttl)
+
+
+async def _no_redispatch(tx: Transaction, ref: ProcessRef) -> None:
+    """A branch run never yields its process (a branch parks instead)."""
 
 
 class _Run:
@@ -111,6 +147,16 @@ class _Run:
         self.redispatch = redispatch
         self.user = claim.run_by
         self.locked = False
+        self.closing = False
+        """The fork in flight is to be joined from its rows (its branches ran on other workers)."""
+        self.fence = claim.branch
+        """Distributed mode: the branch whose row (and token) fences this run's writes; None: the process row."""
+        self.owner: str | None = None
+        """Distributed mode: the runner that gets the process when this branch is its fork's last to stop..."""
+        self.stopped = False
+        """...whether a write of this run stopped its branch..."""
+        self.joined_token: int | None = None
+        """...and if that made the process this runner's, its new token."""
         self.branch: str | None = None
         """The branch this run writes rows for (runtime/branches.py); None for the workflow's own steps."""
         self.pending: State | None = None
@@ -143,6 +189,8 @@ class _Run:
         return await self._write(name, result, Assignee.SYSTEM)
 
     async def run_fork(self, fork: Fork, state: State) -> Process:
+        if self.engine.spread is not None and self.branch is None:
+            return await spread.spread_fork(self, fork, state, self.engine.spread)
         return await branches.run_fork(self, fork, state)
 
     def branch_run(self, path: str, own: list[StepRow], inflight: list[StepRow]) -> _Run:
@@ -164,6 +212,8 @@ class _Run:
             return await self._yield(redispatch=not self.locked)
         if isinstance(result, branches.Unjoined):
             return await branches.settle(self, result)
+        if isinstance(result, spread.Detached):
+            return ProcessStatus.RUNNING
         if result.runs_next:
             # orchestrator-core leaves such a process `running` for ever; a run that ran out of steps has ended.
             self.logger.warning("workflow has no `done` step; the process is marked completed", workflow=wf.name)
@@ -190,10 +240,11 @@ class _Run:
                 raise
             except Exception as exc:  # a wrapper or built-in step failing: same as a failing step
                 result = Failed(error_state(exc), exc)
-            if isinstance(result, branches.Unjoined):  # its branches wrote their rows; the fork writes none
+            if isinstance(result, branches.Unjoined | spread.Detached):  # the fork writes no row (yet)
                 return result
             result, wake = next_wake(step, result, self.last)
-            result = await self._write(step.name, result, step.assignee, wake)
+            ends = self._ends_branch and (not result.runs_next or step is remaining[-1])
+            result = await self._write(step.name, result, step.assignee, wake, stop=ends)
             if not result.runs_next:
                 return result
         return result
@@ -207,7 +258,7 @@ class _Run:
         if self.inflight and remaining and remaining[0].fork is not None:
             self.pending, pending = pending, None  # the input resumes a branch of the fork in flight
         if not rows:
-            state = self._initial_state(wf)
+            state = self.initial_state(wf)
             return Success(deep_merge(state, pending) if pending else state), remaining
         last = rows[-1]
         if last.status in (StepStatus.COMPLETE, StepStatus.ABORT):
@@ -218,10 +269,10 @@ class _Run:
             result = await self._write(last.name, Success(merged), Assignee.SYSTEM)
             in_group = STEP_GROUP in last.state
             return result, remaining if in_group else remaining[1:]
-        base = cleared[-1].state if cleared else self._initial_state(wf)
+        base = cleared[-1].state if cleared else self.initial_state(wf)
         return Success(deep_merge(base, pending) if pending else dict(base)), remaining
 
-    def _initial_state(self, wf: Workflow) -> State:
+    def initial_state(self, wf: Workflow) -> State:
         state = dict(self.claim.initial_state or {})
         defaults = dict(
             zip(
@@ -231,6 +282,11 @@ class _Run:
             )
         )
         return {**defaults, **state}
+
+    @property
+    def _ends_branch(self) -> bool:
+        """This run is a claimed branch's own (not a nested branch's): its final outcome stops the branch."""
+        return self.fence is not None and self.branch == self.fence
 
     def _status_of(self, result: Process) -> ProcessStatus:
         return self._classify(result)[0]
@@ -244,16 +300,20 @@ class _Run:
             return ProcessStatus.FAILED, Assignee.SYSTEM
         return result.process_status, str(step_assignee)
 
-    async def _write(self, name: str, result: Process, assignee: str, wake: Wake | None = None) -> Process:
+    async def _write(
+        self, name: str, result: Process, assignee: str, wake: Wake | None = None, *, stop: bool = False
+    ) -> Process:
         """Persist a step outcome (one statement, with the timer `wake` sets); return the result carrying the state
-        as stored."""
+        as stored. `stop`: the outcome ends this run's branch (distributed mode)."""
         try:
-            return await self._write_once(name, result, assignee, wake)
+            return await self._write_once(name, result, assignee, wake, stop=stop)
         except (TypeError, ValueError) as exc:  # a state that cannot be stored fails the step instead
             self.logger.warning("step result could not be stored", step=name, error=str(exc))
-            return await self._write_once(name, Failed(error_state(exc), exc), assignee)
+            return await self._write_once(name, Failed(error_state(exc), exc), assignee, stop=self._ends_branch)
 
-    async def _write_once(self, name: str, result: Process, assignee: str, wake: Wake | None = None) -> Process:
+    async def _write_once(
+        self, name: str, result: Process, assignee: str, wake: Wake | None = None, *, stop: bool = False
+    ) -> Process:
         state = dict(result.state)
         name = state.pop(STEP_NAME_OVERRIDE, name)
         replace = bool(state.pop(REPLACE_LAST_STATE, False))
@@ -293,14 +353,20 @@ class _Run:
             replace_stepid=replace_id,
             stepid=replace_id or uuid4(),
             branch=self.branch,
+            fence=self.fence,
+            stop=stop,
+            owner=self.owner,
+            lease_ttl=self.engine.lease_ttl,
             wake_at=wake.at if wake else None,
             timer_kind=wake.kind if wake else None,
             attempt=wake.attempt if wake else 0,
         )
-        ok, locked = await self.store.steps.write(outcome)
-        if not ok:
+        written = await self.store.steps.write(outcome)
+        if not written.accepted:
             raise ClaimLostError(self.claim.pid)
-        self.locked = locked
+        self.locked = written.engine_locked
+        self.stopped = self.stopped or stop
+        self.joined_token = written.joined_token
         self.last = LastRow(outcome.stepid, name, status, self.user, state, None)
         self.logger.debug("step logged", step=name, status=status)
         return type(result)(state, result.exception)

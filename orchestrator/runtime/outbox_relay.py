@@ -126,7 +126,8 @@ class OutboxRelay:
             messages = []
             for row in rows:
                 try:
-                    body = encode_message(row.queue, row.actor, [str(row.pid), row.run_by])
+                    args = [str(row.pid), row.run_by] if row.branch is None else [str(row.pid), row.branch]
+                    body = encode_message(row.queue, row.actor, args)
                 except ValueError as exc:  # an invalid queue name can never be consumed: drop it, loudly
                     log.error("outbox.row_dropped", id=row.id, queue=row.queue, pid=str(row.pid), error=str(exc))
                     continue

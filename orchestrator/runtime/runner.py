@@ -53,6 +53,8 @@ class Runner:
         self.redispatch = redispatch
         self.owner_id = f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:8]}"
         self.active: set[UUID] = set()
+        self.branches = 0
+        """Branch claims held (distributed mode): their leases are renewed with the processes'."""
         self.stopping = False
         self._keeper: asyncio.Task[None] | None = None
 
@@ -103,10 +105,34 @@ class Runner:
         """Hold a claim made with `lease()`: from now on its lease is renewed."""
         self.active.add(claim.pid)
 
-    async def run_claimed(self, claim: Claim) -> ProcessStatus | None:
-        """Run a process this runner has claimed; its lease is kept alive until the run ends."""
+    async def claim_branch(self, pid: UUID, path: str) -> Claim | None:
+        """Claim one branch of a process's fork in flight (compare-and-set); None for a duplicate or stale message,
+        or while stopping."""
+        if self.stopping:
+            return None
+        claim = await self.store.branch_claims.claim(pid, path, owner=self.owner_id, lease_ttl=self.engine.lease_ttl)
+        if claim is None:
+            logger.info("branch not claimed: duplicate or stale message, or the engine is paused", process_id=str(pid))
+            return None
+        self.branches += 1
+        return claim
+
+    async def run_claimed(self, claim: Claim, *, closing: bool = False) -> ProcessStatus | None:
+        """Run a process (or a branch) this runner has claimed; its lease is kept alive until the run ends. A
+        branch that was its fork's last runs the process on."""
+        if claim.branch is not None:
+            try:
+                handed = await self.engine.run_branch(claim, stopping=lambda: self.stopping, owner=self.owner_id)
+            finally:
+                self.branches -= 1
+            if handed is None:
+                return None
+            self.adopt(handed)
+            return await self.run_claimed(handed, closing=True)
         try:
-            return await self.engine.run(claim, stopping=lambda: self.stopping, redispatch=self.redispatch)
+            return await self.engine.run(
+                claim, stopping=lambda: self.stopping, redispatch=self.redispatch, closing=closing
+            )
         finally:
             self.active.discard(claim.pid)
 
@@ -124,6 +150,8 @@ class Runner:
 
     async def _beat(self) -> None:
         await self.store.claims.renew_leases(self.owner_id, list(self.active), self.engine.lease_ttl)
+        if self.branches:
+            await self.store.branch_claims.renew(self.owner_id, self.engine.lease_ttl)
         await self.store.heartbeat(
             worker_id=self.owner_id,
             kind=self.kind,

@@ -61,7 +61,10 @@ class Sweeper:
                     await self.executor.resume(tx, ref)
         if found and older_than is None:
             logger.warning("processes left undispatched were dispatched again", count=len(found))
-        return len(found)
+        branches = await self.store.branch_claims.redispatch(after)
+        if branches and older_than is None:
+            logger.warning("branches dispatched again (worker lost, message lost, or engine unpaused)", count=branches)
+        return len(found) + branches
 
     async def fail_timed_out_callbacks(self) -> int:
         failed = await self.store.fail_timed_out_callbacks()

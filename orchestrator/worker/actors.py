@@ -166,5 +166,13 @@ async def resume_workflow(process_id: str, user: str | None = None) -> None:
     await _deliver("resume", process_id, user)
 
 
+@dramatiq.actor(actor_name="run_branch", queue_name=settings.WORKFLOWS_QUEUE, **_options)
+async def run_branch(process_id: str, branch: str) -> None:
+    """One branch of a fork in flight (distributed branches; sent to the process's queue, found by name)."""
+    if _runtime is None:
+        raise RuntimeError("no worker runtime: run the actors under `dramatiq orchestrator.actors`")
+    await _runtime.deliver_branch(process_id, branch)
+
+
 for _queue in settings.TARGET_QUEUES.values():
     broker.declare_queue(_queue)

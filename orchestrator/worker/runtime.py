@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from typing import Any
 from uuid import UUID
@@ -37,6 +37,23 @@ DELIVERY_WAIT_SECONDS = 240.0
 back; a prefetched message is acked within about twice this, well inside RabbitMQ's 30-minute consumer_timeout."""
 
 
+BRANCH_SLOTS_PER_THREAD = 8
+"""Run slots for branches per worker thread, beside the thread's one slot for a process run: a branch run is short
+(its own steps, sync ones still bounded by the engine's thread pool), and the branches of a fork are many."""
+
+
+class _Slots:
+    """A count of free run slots, and an event set whenever one is freed."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+        self.freed = asyncio.Event()
+
+    def release(self) -> None:
+        self.free += 1
+        self.freed.set()
+
+
 class WorkerRuntime:
     """Everything one Dramatiq worker process needs, opened on its event loop: see the module docstring."""
 
@@ -54,8 +71,8 @@ class WorkerRuntime:
         self.delivery_wait = delivery_wait
         self.orch: Orchestrator | None = None
         self.runner: Runner | None = None
-        self._free = threads
-        self._slot_freed = asyncio.Event()
+        self._run_slots = _Slots(threads)
+        self._branch_slots = _Slots(threads * BRANCH_SLOTS_PER_THREAD)
         self._ready = asyncio.Event()
         self._stopping = False
         self._stop = asyncio.Event()
@@ -160,38 +177,74 @@ class WorkerRuntime:
         except ValueError:
             log.error("message dropped: process_id is not a UUID")
             return
+        await self._deliver(
+            lambda: self._runner().claim(pid, kind, user),
+            lambda reason: self._hand_back(pid, kind, user, log, reason=reason),
+            log,
+            self._run_slots,
+        )
+
+    async def deliver_branch(self, process_id: Any, path: Any) -> None:
+        """Handle one branch message (`runtime/spread.py`) as `deliver` handles a process's."""
+        log = logger.bind(process_id=str(process_id), branch=str(path))
+        try:
+            pid = UUID(str(process_id))
+        except ValueError:
+            log.error("message dropped: process_id is not a UUID")
+            return
+        if not isinstance(path, str) or not path:
+            log.error("message dropped: the branch is not a non-empty string")
+            return
+        await self._deliver(
+            lambda: self._runner().claim_branch(pid, path),
+            lambda reason: self._hand_back_branch(pid, path, log, reason=reason),
+            log,
+            self._branch_slots,
+        )
+
+    async def _deliver(
+        self,
+        claim: Callable[[], Awaitable[Claim | None]],
+        hand_back: Callable[[str], Awaitable[None]],
+        log: Any,
+        slots: _Slots,
+    ) -> None:
         deadline = time.monotonic() + self.delivery_wait
         if not await self._wait(self._ready_or_stopping, self._ready, deadline) or not self._ready.is_set():
             log.warning(
                 "worker not ready (database unreachable?); delivery dropped, the sweeper dispatches the process again"
             )
             return
-        if not await self._wait(self._slot_or_stopping, self._slot_freed, deadline) or self._stopping:
-            await self._hand_back(pid, kind, user, log, reason="shutdown" if self._stopping else "no free slot")
+        if not await self._wait(lambda: slots.free > 0 or self._stopping, slots.freed, deadline) or self._stopping:
+            await hand_back("shutdown" if self._stopping else "no free slot")
             return
-        self._free -= 1
+        slots.free -= 1
         started = False
         try:
-            started = await self._claim_and_start(pid, kind, user, log)
+            started = await self._claim_and_start(claim, log, slots)
         except Exception:
             log.exception("claim failed; the sweeper dispatches the process again")
         finally:
             if not started:
-                self._release_slot()
+                slots.release()
 
-    async def _claim_and_start(self, pid: UUID, kind: RunKind, user: str | None, log: Any) -> bool:
+    def _runner(self) -> Runner:
+        assert self.runner is not None  # set before the runtime is ready
+        return self.runner
+
+    async def _claim_and_start(self, take: Callable[[], Awaitable[Claim | None]], log: Any, slots: _Slots) -> bool:
         runner = self.runner
         assert runner is not None
-        claim = await runner.claim(pid, kind, user)
+        claim = await take()
         if claim is None:
             return False
-        task = asyncio.create_task(self._run(claim), name=f"run-{pid}")
+        task = asyncio.create_task(self._run(claim, slots), name=f"run-{claim.pid}")
         self._runs.add(task)
         task.add_done_callback(self._runs.discard)
-        log.info("claimed", worker=runner.owner_id, token=claim.token)
+        log.info("claimed", worker=runner.owner_id, token=claim.token, branch=claim.branch)
         return True
 
-    async def _run(self, claim: Claim) -> None:
+    async def _run(self, claim: Claim, slots: _Slots) -> None:
         runner = self.runner
         assert runner is not None
         try:
@@ -199,7 +252,7 @@ class WorkerRuntime:
         except Exception:
             logger.exception("run crashed; the process is taken over once its lease expires", process_id=str(claim.pid))
         finally:
-            self._release_slot()
+            slots.release()
 
     async def _hand_back(self, pid: UUID, kind: RunKind, user: str | None, log: Any, *, reason: str) -> None:
         """Dispatch again through the outbox (if the process still waits for this kind of run), then ack."""
@@ -216,17 +269,17 @@ class WorkerRuntime:
         except Exception:
             log.exception("hand-back failed; the sweeper dispatches the process again", reason=reason)
 
-    # --- waiting ------------------------------------------------------------------------------------------------
+    async def _hand_back_branch(self, pid: UUID, path: str, log: Any, *, reason: str) -> None:
+        try:
+            await self.executor.engine.store.branch_claims.resend(pid, path)
+            log.info("branch message handed back through the outbox", reason=reason)
+        except Exception:
+            log.exception("hand-back failed; the sweeper dispatches the branch again", reason=reason)
 
-    def _release_slot(self) -> None:
-        self._free += 1
-        self._slot_freed.set()
+    # --- waiting ------------------------------------------------------------------------------------------------
 
     def _ready_or_stopping(self) -> bool:
         return self._ready.is_set() or self._stopping
-
-    def _slot_or_stopping(self) -> bool:
-        return self._free > 0 or self._stopping
 
     async def _wait(self, condition: Callable[[], bool], event: asyncio.Event, deadline: float) -> bool:
         """Wait until `condition()` holds, re-checked whenever `event` or the stop event is set; False on timeout."""

@@ -153,7 +153,7 @@ async def test_a_fenced_out_runner_cannot_commit(orch: Orchestrator) -> None:
         return bool(token > claim.token)
 
     await wait_until(taken_over, 10)
-    ok, _ = await orch.store.steps.write(
+    written = await orch.store.steps.write(
         StepOutcome(
             pid=pid,
             token=claim.token,
@@ -170,7 +170,7 @@ async def test_a_fenced_out_runner_cannot_commit(orch: Orchestrator) -> None:
             stepid=uuid4(),
         )
     )
-    assert ok is False
+    assert written.accepted is False
     assert ("late", "success") not in await step_rows(orch.store.pool, pid)
 
 

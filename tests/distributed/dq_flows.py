@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from orchestrator import State, Target, done, init, parallel, step
+from orchestrator import State, Target, done, init, map_parallel, parallel, step
 from orchestrator.dsl.workflow import Workflow, WorkflowRegistry
 
 GATE_TIMEOUT_SECONDS = 120.0
@@ -46,4 +46,45 @@ DQ_FORK = Workflow(
     name="dq_fork", steps=init >> parallel("Fork", quick_branch, gated >> after_gate) >> done, target=Target.CREATE
 )
 
-REGISTRY = WorkflowRegistry({DQ_GATED.name: DQ_GATED, DQ_FORK.name: DQ_FORK})
+
+@step("Nap")
+def nap(item_index: int) -> State:
+    time.sleep(1.0)
+    return {"worker": os.getpid()}
+
+
+DQ_PAIR = Workflow(
+    name="dq_pair",
+    steps=init >> map_parallel("Pair", lambda state: [0, 1], nap, result_key="naps") >> done,
+    target=Target.CREATE,
+)
+"""Two branches sleeping 1 s each, recording the worker process they ran in."""
+
+
+@step("Flaky")
+async def flaky() -> State:
+    if not Path(os.environ["DQ_GATE"]).exists():
+        raise RuntimeError("flaky branch failed: the gate is closed")
+    return {"flaky": "ok"}
+
+
+DQ_FLAKY = Workflow(
+    name="dq_flaky",
+    steps=init >> parallel("Mixed", quick_branch, flaky >> after_gate) >> done,
+    target=Target.CREATE,
+)
+
+
+@step("Numbered")
+async def numbered(item_index: int) -> State:
+    return {"n": item_index}
+
+
+DQ_GATED_FAN = Workflow(
+    name="dq_gated_fan",
+    steps=init >> map_parallel("Fan", lambda state: [0, 1, 2], gated >> numbered, result_key="fanned") >> done,
+    target=Target.CREATE,
+)
+"""Three branches held in their gated step until the test opens the gate."""
+
+REGISTRY = WorkflowRegistry({wf.name: wf for wf in (DQ_GATED, DQ_FORK, DQ_PAIR, DQ_FLAKY, DQ_GATED_FAN)})

@@ -1,20 +1,225 @@
-"""Parallel branches in distributed mode: a worker SIGKILLed in the middle of a branch. Only the interrupted
-branch step runs again (on the survivor, after the lease expires); every other step and the join run once."""
+"""Parallel branches in distributed mode, against the real PostgreSQL and RabbitMQ and real worker processes: each
+branch is its own message, claimed on its own row; the join happens once, whatever is duplicated, paused, aborted,
+drained or SIGKILLed."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 from dq_support import Queues, Worker
-from support.waiting import wait_until
+from support.waiting import wait_status, wait_until
 
 from orchestrator import services
 from orchestrator.runtime.orchestrator import Orchestrator
 
 Api = Callable[..., Awaitable[Orchestrator]]
 Spawn = Callable[..., Worker]
+
+WITH_PARALLELFLOWS = "testflows,dq_worker_flows,parallelflows"
+TAKE_OVER = 40.0
+
+
+async def steps_of(orch: Orchestrator, pid: UUID) -> list[tuple[str | None, str, str]]:
+    rows = await orch.store.pool.fetch(
+        "SELECT branch, name, status FROM process_steps WHERE pid = $1 ORDER BY completed_at, seq", pid
+    )
+    return [(r["branch"], r["name"], r["status"]) for r in rows]
+
+
+async def branch_statuses(orch: Orchestrator, pid: UUID) -> dict[str, str]:
+    rows = await orch.store.pool.fetch("SELECT path, status FROM process_branches WHERE pid = $1", pid)
+    return {r["path"]: r["status"] for r in rows}
+
+
+def all_in(orch: Orchestrator, pid: UUID, status: str, count: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        found = await branch_statuses(orch, pid)
+        return len(found) == count and set(found.values()) == {status}
+
+    return check
+
+
+def fan_steps() -> list[tuple[str | None, str, str]]:
+    """The rows of a completed `dq_gated_fan`, each step once."""
+    rows: list[tuple[str | None, str, str]] = [(None, "Start", "success"), (None, "Fan", "success")]
+    for i in range(3):
+        rows += [(f"Fan[{i}]", "Gated", "success"), (f"Fan[{i}]", "Numbered", "success")]
+    return sorted([*rows, (None, "Done", "complete")], key=str)
+
+
+async def assert_fan_completed_once(orch: Orchestrator, pid: UUID) -> None:
+    process = await wait_status(orch, pid, timeout=TAKE_OVER)
+    assert process["last_status"] == "completed", process["failed_reason"]
+    logged = await steps_of(orch, pid)
+    assert sorted(logged, key=str) == fan_steps(), logged
+    assert [r[1] for r in logged[-2:]] == ["Fan", "Done"]  # the join once, after every branch step
+    assert process["current_state"]["fanned"] == [{"gated": True, "n": i} for i in range(3)]
+
+
+async def test_joins_as_in_threadpool_mode(api: Api, spawn: Spawn, queues: Queues) -> None:
+    orch = await api(WORKFLOW_MODULES=["testflows", "parallelflows"])
+    await spawn(queues.workflows, processes=2, WORKFLOW_MODULES=WITH_PARALLELFLOWS).wait_ready(orch, 2)
+    keys = ["pf_parallel", "pf_conflict", "pf_map", "pf_nested"]
+    pids = [await services.start_process(key, [{}], orchestrator=orch) for key in keys]
+    joined, conflict, mapped, nested = [await wait_status(orch, pid, timeout=30) for pid in pids]
+    state = joined["current_state"]
+    assert (state["a"], state["b"], state["shared"]) == (1, 2, 7) and "gone" not in state
+    assert [r[1] for r in await steps_of(orch, pids[0]) if r[0] is None] == ["Start", "Prepare", "Fan out", "Done"]
+    assert conflict["last_status"] == "failed"
+    assert conflict["failed_reason"] == (
+        "Branches 'Clash[0]' and 'Clash[1]' of the join set key 'shared' to different values"
+    )
+    assert mapped["current_state"]["results"] == [
+        {"port": p.upper(), "position": i} for i, p in enumerate(["p1", "p2", "p3"])
+    ]
+    assert mapped["current_state"]["nothing"] == []
+    assert nested["current_state"]["per_port"] == [
+        {"port": "P1", "position": 0, "a": 1, "b": 2, "shared": 7},
+        {"port": "P2", "position": 1, "a": 1, "b": 2, "shared": 7},
+    ]
+    assert await branch_statuses(orch, pids[0]) == dict.fromkeys(["Fan out[0]", "Fan out[1]", "Fan out[2]"], "stopped")
+
+
+async def test_branches_of_one_process_run_on_two_workers_at_once(api: Api, spawn: Spawn, queues: Queues) -> None:
+    orch = await api()
+    await spawn(queues.workflows, processes=2, threads=1).wait_ready(orch, 2)
+    pid = await services.start_process("dq_pair", [{}], orchestrator=orch)
+    assert (await wait_status(orch, pid, timeout=30))["last_status"] == "completed"
+    naps = await orch.store.pool.fetch(
+        "SELECT started_at, completed_at, state->'worker' AS worker FROM process_steps WHERE pid = $1 AND name = 'Nap'",
+        pid,
+    )
+    assert len(naps) == 2
+    assert naps[0]["worker"] != naps[1]["worker"]  # two worker processes...
+    assert max(r["started_at"] for r in naps) < min(r["completed_at"] for r in naps)  # ...at the same time
+    join = await orch.store.pool.fetchval(
+        "SELECT completed_at FROM process_steps WHERE pid = $1 AND name = 'Pair' AND branch IS NULL", pid
+    )
+    assert join >= max(r["completed_at"] for r in naps)
+
+
+async def test_inputstep_and_callback_in_branches(api: Api, spawn: Spawn, queues: Queues) -> None:
+    orch = await api(WORKFLOW_MODULES=["testflows", "parallelflows"])
+    await spawn(queues.workflows, WORKFLOW_MODULES=WITH_PARALLELFLOWS).wait_ready(orch)
+    pid = await services.start_process("pf_input", [{}], orchestrator=orch)
+    process = await wait_status(orch, pid, timeout=30)
+    assert (process["last_status"], process["last_step"], process["assignee"]) == ("suspended", "Approve", "NOC")
+    await services.resume_process(pid, [{"approved": True}], orchestrator=orch)
+    process = await wait_status(orch, pid, timeout=30)
+    assert (process["last_status"], process["last_step"]) == ("suspended", "Comment")  # the other branch waits
+    await services.resume_process(pid, [{"comment": "fine"}], orchestrator=orch)
+    process = await wait_status(orch, pid, timeout=30)
+    assert process["last_status"] == "completed"
+    state = process["current_state"]
+    assert (state["approved"], state["checked"], state["comment"], state["a"]) == (True, True, "fine", 1)
+    assert [r[1] for r in await steps_of(orch, pid)].count("Set A") == 1
+
+    pid = await services.start_process("pf_callback", [{}], orchestrator=orch)
+    process = await wait_status(orch, pid, timeout=30)
+    assert process["last_status"] == "awaiting_callback"
+    token = process["current_state"]["callback_route"].rsplit("/", 1)[1]
+    await services.continue_with_callback(pid, token, {"ok": 7}, orchestrator=orch)
+    process = await wait_status(orch, pid, timeout=30)
+    assert process["last_status"] == "completed"
+    assert (process["current_state"]["validated"], process["current_state"]["a"]) == (7, 1)
+
+
+async def test_a_failed_branch_is_retried_alone(api: Api, spawn: Spawn, queues: Queues, gate: Path) -> None:
+    orch = await api()
+    await spawn(queues.workflows, DQ_GATE=str(gate)).wait_ready(orch)
+    pid = await services.start_process("dq_flaky", [{}], orchestrator=orch)
+    process = await wait_status(orch, pid, timeout=30)
+    assert process["last_status"] == "failed"
+    assert (process["last_step"], process["failed_reason"]) == ("Flaky", "flaky branch failed: the gate is closed")
+    gate.touch()
+    await services.resume_process(pid, [{}], orchestrator=orch)
+    process = await wait_status(orch, pid, timeout=30)
+    assert process["last_status"] == "completed"
+    logged = await steps_of(orch, pid)
+    assert [r for r in logged if r[0] == "Mixed[0]"] == [("Mixed[0]", "Quick branch", "success")]  # ran once
+    assert [r[1:] for r in logged if r[0] == "Mixed[1]"] == [
+        ("Flaky", "failed"),
+        ("Flaky", "success"),
+        ("After gate", "success"),
+    ]
+
+
+async def test_abort_stops_every_branch(api: Api, spawn: Spawn, queues: Queues, gate: Path) -> None:
+    orch = await api()
+    worker = spawn(queues.workflows, DQ_GATE=str(gate))
+    await worker.wait_ready(orch)
+    pid = await services.start_process("dq_gated_fan", [{}], orchestrator=orch)
+    await wait_until(all_in(orch, pid, "running", 3), 30, "every branch to run its gated step")
+    await services.abort_process(pid, orchestrator=orch)
+    gate.touch()
+    await wait_until(lambda: _logged(worker, "branch claim lost", 3), 30, "each branch to find its claim lost")
+    assert (await services.get_process(pid, orchestrator=orch))["last_status"] == "aborted"
+    assert not [r for r in await steps_of(orch, pid) if r[0] is not None]  # no branch committed after the abort
+
+
+async def _logged(worker: Worker, event: str, count: int) -> bool:
+    return len([e for e in worker.events() if e.get("event", "").startswith(event)]) >= count
+
+
+async def test_pause_stops_every_branch_before_its_next_step(
+    api: Api, spawn: Spawn, queues: Queues, gate: Path
+) -> None:
+    orch = await api()
+    await spawn(queues.workflows, DQ_GATE=str(gate)).wait_ready(orch)
+    pid = await services.start_process("dq_gated_fan", [{}], orchestrator=orch)
+    await wait_until(all_in(orch, pid, "running", 3), 30, "every branch to run its gated step")
+    await services.set_engine_lock(True, orchestrator=orch)
+    gate.touch()
+    await wait_until(all_in(orch, pid, "paused", 3), 30, "every branch to stop before its next step")
+    assert sorted(r[1] for r in await steps_of(orch, pid) if r[0] is not None) == ["Gated"] * 3
+    assert (await services.get_process(pid, orchestrator=orch))["last_status"] == "running"
+    await services.set_engine_lock(False, orchestrator=orch)
+    await assert_fan_completed_once(orch, pid)
+
+
+async def test_a_duplicate_branch_message_runs_nothing_twice(
+    api: Api, spawn: Spawn, queues: Queues, gate: Path
+) -> None:
+    orch = await api()
+    worker = spawn(queues.workflows, DQ_GATE=str(gate))
+    await worker.wait_ready(orch)
+    pid = await services.start_process("dq_gated_fan", [{}], orchestrator=orch)
+    await wait_until(all_in(orch, pid, "running", 3), 30, "every branch to run its gated step")
+    await _duplicate_branch_messages(orch, pid)
+    await wait_until(lambda: _logged(worker, "branch not claimed", 3), 30, "the duplicates to be dropped")
+    gate.touch()
+    await assert_fan_completed_once(orch, pid)
+    await _duplicate_branch_messages(orch, pid)  # and once the fork has joined
+    await wait_until(lambda: _logged(worker, "branch not claimed", 6), 30, "the late duplicates to be dropped")
+    await assert_fan_completed_once(orch, pid)
+
+
+async def _duplicate_branch_messages(orch: Orchestrator, pid: UUID) -> None:
+    await orch.store.pool.execute(
+        """INSERT INTO outbox (queue, actor, pid, run_by, branch)
+           SELECT queue, actor, pid, run_by, path FROM process_branches WHERE pid = $1""",
+        pid,
+    )
+    orch.executor.wake()  # type: ignore[attr-defined]
+
+
+async def test_sigterm_drains_every_branch(api: Api, spawn: Spawn, queues: Queues, gate: Path, opened: Path) -> None:
+    orch = await api()
+    draining = spawn(queues.workflows, DQ_GATE=str(gate))
+    await draining.wait_ready(orch)
+    pid = await services.start_process("dq_gated_fan", [{}], orchestrator=orch)
+    await wait_until(all_in(orch, pid, "running", 3), 30, "every branch to run its gated step")
+    await spawn(queues.workflows, DQ_GATE=str(opened)).wait_ready(orch)
+    draining.proc.send_signal(signal.SIGTERM)
+    await wait_until(lambda: _logged(draining, "waiting for running steps", 1), 30, "the drain to begin")
+    gate.touch()  # the steps in flight finish and commit; each branch then goes to the other worker
+    await assert_fan_completed_once(orch, pid)
+    assert draining.proc.wait(30) == 0
 
 
 async def test_sigkill_mid_branch_reruns_only_the_interrupted_step(
@@ -25,16 +230,16 @@ async def test_sigkill_mid_branch_reruns_only_the_interrupted_step(
     victim_ids = await victim.wait_ready(orch)
     pids = list(await asyncio.gather(*(services.start_process("dq_fork", orchestrator=orch) for _ in range(3))))
 
-    async def quick_branches_done_on_victim() -> bool:
+    async def gated_branches_held_by_victim() -> bool:
         rows = await orch.store.pool.fetch(
-            """SELECT p.lease_owner FROM processes p
-                WHERE p.pid = ANY($1::uuid[]) AND p.last_status = 'running'
-                  AND EXISTS (SELECT 1 FROM process_steps s WHERE s.pid = p.pid AND s.branch = 'Fork[0]')""",
+            """SELECT b.lease_owner FROM process_branches b
+                WHERE b.pid = ANY($1::uuid[]) AND b.path = 'Fork[1]' AND b.status = 'running'
+                  AND EXISTS (SELECT 1 FROM process_steps s WHERE s.pid = b.pid AND s.branch = 'Fork[0]')""",
             pids,
         )
         return len(rows) == 3 and all(r["lease_owner"] in victim_ids for r in rows)
 
-    await wait_until(quick_branches_done_on_victim, 15, "the victim to finish the quick branches")
+    await wait_until(gated_branches_held_by_victim, 15, "the victim to finish the quick branches")
     survivor = spawn(queues.workflows, DQ_GATE=str(opened))
     await survivor.wait_ready(orch)
     victim.kill()
@@ -50,17 +255,15 @@ async def test_sigkill_mid_branch_reruns_only_the_interrupted_step(
     )
     for pid in pids:
         logged = [(r["branch"], r["name"]) for r in rows if r["pid"] == pid]
-        assert sorted(logged, key=str) == sorted(
-            [
-                (None, "Start"),
-                ("Fork[0]", "Quick branch"),
-                ("Fork[1]", "Gated"),
-                ("Fork[1]", "After gate"),
-                (None, "Fork"),
-                (None, "Done"),
-            ],
-            key=str,
-        ), logged
+        expected: list[Any] = [
+            (None, "Start"),
+            ("Fork[0]", "Quick branch"),
+            ("Fork[1]", "Gated"),
+            ("Fork[1]", "After gate"),
+            (None, "Fork"),
+            (None, "Done"),
+        ]
+        assert sorted(logged, key=str) == sorted(expected, key=str), logged
         assert logged[-2:] == [(None, "Fork"), (None, "Done")]  # the join once, after every branch step
     state = (await services.get_process(pids[0], orchestrator=orch))["current_state"]
     assert (state["quick"], state["gated"], state["after_gate"]) == (True, True, True)

@@ -202,3 +202,18 @@ async def test_a_duplicate_dispatch_during_a_fork_runs_nothing_twice(orch: Orche
     assert len(rows) == len(set(rows)) and [r for r in rows if r[0] is None and r[1] == "Hold"] == [
         (None, "Hold", "success")
     ]
+
+
+async def test_callback_step_in_a_branch(orch: Orchestrator) -> None:
+    pid = await start(orch, "pf_callback")
+    process = await wait_status(orch, pid)
+    assert (process["last_status"], process["last_step"]) == ("awaiting_callback", "Callback")
+    token = process["current_state"]["callback_route"].rsplit("/", 1)[1]
+    await services.report_callback_progress(pid, token, "half way", orchestrator=orch)
+    await services.continue_with_callback(pid, token, {"ok": 7}, orchestrator=orch)
+    process = await wait_status(orch, pid)
+    assert process["last_status"] == "completed"
+    state = process["current_state"]
+    assert (state["validated"], state["a"]) == (7, 1)
+    assert "__callback_token" not in state
+    assert RUNS == {"Set A": 1}

@@ -1,0 +1,233 @@
+"""Distributed branches: a fork's branches handed out as messages, each claimed, leased and fenced on its own
+`process_branches` row, and the fork's join decided by compare-and-set when its last branch stops.
+
+- `detach_fork`: the run holding the process lets it go (still `running`, no lease) and writes one branch row and
+  one outbox message per branch, in one statement fenced by its token.
+- `claim_branches` (group-committed): `dispatched` → `running` for this worker, token bumped; a duplicate or stale
+  message finds another status and claims nothing. While the engine is paused the branch is parked instead.
+- `stop` (group-committed), or the branch's last step write (`stepwriter.py`) in the same statement: the branch is
+  `stopped` and its process's `open_branches` decremented (`JOIN_WHEN_LAST`); the statement that brings it to 0
+  claims the process for this worker, which then joins or settles the fork.
+- `park`: a branch that stopped before its next step (pause, shutdown) is `paused`, or dispatched again.
+- `resend`: a delivery handed back (no free slot, shutdown).
+- `redispatch` (the sweeper): expired leases, lost messages, and parked branches once the engine runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+from uuid import UUID
+
+import asyncpg
+
+from orchestrator.persistence.claims import CLAIM_LOAD, claim_of
+from orchestrator.persistence.events import OUTBOX_CHANNEL, EventPublisher
+from orchestrator.persistence.groupcommit import GroupCommit
+from orchestrator.persistence.records import Claim
+
+JOIN_WHEN_LAST = """, j AS (
+    UPDATE processes pr
+       SET open_branches = pr.open_branches - s.n,
+           lease_owner = CASE WHEN pr.open_branches = s.n THEN s.owner END,
+           lease_expires_at = CASE WHEN pr.open_branches = s.n THEN now() + make_interval(secs => s.lease_ttl) END,
+           fencing_token = pr.fencing_token + CASE WHEN pr.open_branches = s.n THEN 1 ELSE 0 END
+      FROM (SELECT b.pid, count(*)::int AS n, min(b.owner) AS owner, min(b.lease_ttl) AS lease_ttl
+              FROM b GROUP BY b.pid) s
+     WHERE pr.pid = s.pid AND pr.last_status = 'running' AND pr.lease_owner IS NULL
+ RETURNING pr.pid, pr.fencing_token, pr.open_branches
+)"""
+"""Appended to a statement whose CTE `b` returns (pid, owner, lease_ttl) per branch it stopped: `j` returns the
+processes touched, with `open_branches` 0 for those this statement claimed for `owner` to join (migration 0004)."""
+
+_DETACH = """
+WITH p AS (
+    UPDATE processes SET lease_owner = NULL, lease_expires_at = NULL, last_modified_at = now(),
+           open_branches = cardinality($3::varchar[])
+     WHERE pid = $1 AND fencing_token = $2 AND last_status = 'running'
+ RETURNING pid
+), b AS (
+    INSERT INTO process_branches (pid, path, queue, actor, run_by)
+    SELECT p.pid, unnest($3::varchar[]), $4, $5, $6 FROM p
+        ON CONFLICT (pid, path) DO UPDATE
+       SET status = 'dispatched', fencing_token = process_branches.fencing_token + 1, lease_owner = NULL,
+           lease_expires_at = NULL, queue = excluded.queue, actor = excluded.actor, run_by = excluded.run_by,
+           modified_at = now()
+), o AS (
+    INSERT INTO outbox (queue, actor, pid, run_by, branch) SELECT $4, $5, p.pid, $6, unnest($3::varchar[]) FROM p
+)
+SELECT count(*) FROM p
+"""
+
+_OWN_ROWS = " AND (s.branch IS NULL OR s.branch = c.path OR left(s.branch, length(c.path) + 1) = c.path || '/')"
+"""A branch claim loads the workflow's own rows and its branch's (with nested ones), not its siblings'."""
+
+_CLAIM = """
+WITH i AS (
+    SELECT * FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::float8[]) AS t(pid, path, owner, lease_ttl)
+), paused AS (
+    SELECT coalesce((SELECT bool_or(global_lock) FROM engine_settings), false) AS on
+), b AS (
+    UPDATE process_branches b
+       SET status = CASE WHEN paused.on THEN 'paused' ELSE 'running' END,
+           lease_owner = CASE WHEN paused.on THEN NULL ELSE i.owner END,
+           lease_expires_at = CASE WHEN paused.on THEN NULL ELSE now() + make_interval(secs => i.lease_ttl) END,
+           fencing_token = b.fencing_token + 1, modified_at = now()
+      FROM i, paused
+     WHERE b.pid = i.pid AND b.path = i.path AND b.status = 'dispatched'
+       AND EXISTS (SELECT 1 FROM processes p WHERE p.pid = b.pid AND p.last_status = 'running')
+ RETURNING b.pid, b.path, b.fencing_token, b.status
+), c AS (
+    SELECT b.pid, b.path, p.workflow_id, b.fencing_token, p.is_task, p.created_by,
+           coalesce(p.run_by, p.created_by, 'SYSTEM') AS run_by
+      FROM b JOIN processes p ON p.pid = b.pid WHERE b.status = 'running'
+)""" + CLAIM_LOAD.format(only=_OWN_ROWS)
+
+_STOP = f"""
+WITH i AS (
+    SELECT * FROM unnest($1::uuid[], $2::varchar[], $3::bigint[]) AS t(pid, path, token)
+), b AS (
+    UPDATE process_branches b
+       SET status = 'stopped', lease_owner = NULL, lease_expires_at = NULL, modified_at = now()
+      FROM i WHERE b.pid = i.pid AND b.path = i.path AND b.fencing_token = i.token AND b.status = 'running'
+ RETURNING b.pid, $4::varchar AS owner, $5::float8 AS lease_ttl
+){JOIN_WHEN_LAST}
+SELECT pid, fencing_token FROM j WHERE open_branches = 0
+"""
+
+_LOAD = """
+WITH c AS (
+    SELECT pid, workflow_id, fencing_token, is_task, created_by, coalesce(run_by, created_by, 'SYSTEM') AS run_by
+      FROM processes WHERE pid = $1 AND fencing_token = $2 AND last_status = 'running'
+)""" + CLAIM_LOAD.format(only="")
+
+_PARK = """
+WITH b AS (
+    UPDATE process_branches
+       SET status = CASE WHEN $4 THEN 'paused' ELSE 'dispatched' END, lease_owner = NULL, lease_expires_at = NULL,
+           fencing_token = fencing_token + 1, modified_at = now()
+     WHERE pid = $1 AND path = $2 AND fencing_token = $3 AND status = 'running'
+ RETURNING pid, path, queue, actor, run_by
+)
+INSERT INTO outbox (queue, actor, pid, run_by, branch) SELECT queue, actor, pid, run_by, path FROM b WHERE NOT $4
+"""
+
+_RESEND = """
+INSERT INTO outbox (queue, actor, pid, run_by, branch)
+SELECT queue, actor, pid, run_by, path FROM process_branches WHERE pid = $1 AND path = $2 AND status = 'dispatched'
+"""
+
+_RENEW = """
+UPDATE process_branches SET lease_expires_at = now() + make_interval(secs => $2)
+ WHERE lease_owner = $1 AND status = 'running'
+"""
+
+# A running branch whose lease expired (its worker died), a dispatched one whose message is overdue (lost), a
+# parked one once the engine runs: dispatched again, the token bumped so a dead holder can never commit again.
+_REDISPATCH = """
+WITH paused AS (
+    SELECT coalesce((SELECT bool_or(global_lock) FROM engine_settings), false) AS on
+), x AS (
+    SELECT b.pid, b.path FROM process_branches b, paused
+     WHERE (b.status = 'running' AND b.lease_expires_at < now())
+        OR (b.status = 'dispatched' AND b.modified_at <= now() - make_interval(secs => $1) AND NOT paused.on)
+        OR (b.status = 'paused' AND NOT paused.on)
+     ORDER BY b.modified_at LIMIT $2 FOR UPDATE OF b SKIP LOCKED
+), b AS (
+    UPDATE process_branches b
+       SET status = 'dispatched', lease_owner = NULL, lease_expires_at = NULL, fencing_token = b.fencing_token + 1,
+           modified_at = now()
+      FROM x WHERE b.pid = x.pid AND b.path = x.path
+ RETURNING b.pid, b.path, b.queue, b.actor, b.run_by
+)
+INSERT INTO outbox (queue, actor, pid, run_by, branch) SELECT queue, actor, pid, run_by, path FROM b RETURNING pid
+"""
+
+
+class _ClaimRequest(NamedTuple):
+    pid: UUID
+    path: str
+    owner: str
+    lease_ttl: float
+
+
+class _StopRequest(NamedTuple):
+    pid: UUID
+    path: str
+    token: int
+    owner: str
+    lease_ttl: float
+
+
+class BranchClaims:
+    def __init__(self, pool: asyncpg.Pool, events: EventPublisher) -> None:
+        self.pool = pool
+        self.events = events
+        self._claims = GroupCommit(self._claim_many)
+        self._stops = GroupCommit(self._stop_many)
+
+    def _notify_relays(self) -> None:
+        self.events.publish({}, channel=OUTBOX_CHANNEL)
+
+    async def detach_fork(
+        self, *, pid: UUID, token: int, paths: Sequence[str], queue: str, actor: str, run_by: str
+    ) -> bool:
+        """Let the process go (it stays `running`) and dispatch each branch; False when the claim was lost."""
+        detached = bool(await self.pool.fetchval(_DETACH, pid, token, list(paths), queue, actor, run_by))
+        if detached:
+            self._notify_relays()
+        return detached
+
+    async def claim(self, pid: UUID, path: str, *, owner: str, lease_ttl: float) -> Claim | None:
+        """Claim the branch `path` of the process for `owner`; None for a duplicate, stale or parked message."""
+        return await self._claims.submit(_ClaimRequest(pid, path, owner, lease_ttl))
+
+    async def _claim_many(self, requests: list[_ClaimRequest]) -> list[Claim | None]:
+        first = list({(r.pid, r.path): r for r in reversed(requests)}.values())
+        columns = [[getattr(r, name) for r in first] for name in _ClaimRequest._fields]
+        rows = {(row["pid"], row["path"]): row for row in await self.pool.fetch(_CLAIM, *columns)}
+        tried = {id(r) for r in first}
+        return [
+            claim_of(rows[(r.pid, r.path)], branch=r.path) if id(r) in tried and (r.pid, r.path) in rows else None
+            for r in requests
+        ]
+
+    async def stop(self, claim: Claim, *, owner: str, lease_ttl: float) -> Claim | None:
+        """Stop the branch `claim` holds; the claim of its process when this was the fork's last open branch."""
+        assert claim.branch is not None
+        token = await self._stops.submit(_StopRequest(claim.pid, claim.branch, claim.token, owner, lease_ttl))
+        return None if token is None else await self.load(claim.pid, token)
+
+    async def load(self, pid: UUID, token: int) -> Claim | None:
+        """The claim of a process a branch's stop handed over (with `token`), with all its rows."""
+        row = await self.pool.fetchrow(_LOAD, pid, token)
+        return None if row is None else claim_of(row)
+
+    async def _stop_many(self, requests: list[_StopRequest]) -> list[int | None]:
+        owner, ttl = requests[0].owner, requests[0].lease_ttl  # one runner per store: the same for all
+        rows = await self.pool.fetch(
+            _STOP, [r.pid for r in requests], [r.path for r in requests], [r.token for r in requests], owner, ttl
+        )
+        won = {row["pid"]: row["fencing_token"] for row in rows}
+        return [won.pop(r.pid, None) for r in requests]  # one winner per process
+
+    async def park(self, claim: Claim, *, paused: bool) -> None:
+        """Give the branch up before its next step: `paused` (the engine is), else dispatched again."""
+        await self.pool.execute(_PARK, claim.pid, claim.branch, claim.token, paused)
+        if not paused:
+            self._notify_relays()
+
+    async def resend(self, pid: UUID, path: str) -> None:
+        """Send the branch's message again (a worker handing a delivery back), if it still waits for one."""
+        await self.pool.execute(_RESEND, pid, path)
+        self._notify_relays()
+
+    async def renew(self, owner: str, lease_ttl: float) -> None:
+        await self.pool.execute(_RENEW, owner, lease_ttl)
+
+    async def redispatch(self, older_than: float, limit: int = 1000) -> int:
+        """Dispatch again the branches whose worker died, whose message was lost, or that wait for an unpause."""
+        rows = await self.pool.fetch(_REDISPATCH, older_than, limit)
+        if rows:
+            self._notify_relays()
+        return len(rows)
