@@ -106,9 +106,9 @@ WITH i AS (
         ON CONFLICT (pid) DO UPDATE SET due_at = excluded.due_at, kind = excluded.kind, attempt = excluded.attempt
 ), hist AS (
     INSERT INTO step_duration_counts AS c (shard, bucket, n, seconds)
-    SELECT $18, width_bucket(-d.secs, $19::float8[]), count(*), sum(greatest(d.secs, 0))
-      FROM (SELECT extract(epoch FROM clock_timestamp() - coalesce(i.started_at, clock_timestamp()))::float8 AS secs
-              FROM i JOIN p ON p.pid = i.pid) d
+    SELECT $22, width_bucket(-d.secs, $23::float8[]), count(*), sum(greatest(d.secs, 0))
+      FROM (SELECT extract(epoch FROM clock_timestamp() - coalesce(ok.started_at, clock_timestamp()))::float8 AS secs
+              FROM ok) d
      GROUP BY 2
         ON CONFLICT (shard, bucket) DO UPDATE SET n = c.n + excluded.n, seconds = c.seconds + excluded.seconds
 )
