@@ -4,6 +4,11 @@
     sort=startedAt,desc,workflowName,asc
     range=0,25
 
+and, beyond orchestrator-core, keyset paging: `limit=25` alone (a first page without a total), then
+`after=<cursor>&limit=25` with the same `filter` and `sort`, the cursor taken from the previous answer's
+`Link: <...>; rel="next"` (which a `range` answer carries too). A cursor is the last row's sort key, so the next page
+starts there through the index instead of skipping rows: deep pages cost what the first does.
+
 Field names may be camelCase or snake_case. A value with `-` or `|` is a list of exact alternatives (only `|` for
 ids and dates, which contain dashes); `!` negates; dates take a `>`, `>=`, `<` or `<=` prefix; other text matches
 case-insensitively (`%` is a wildcard). Unlike orchestrator-core, a bad sort direction is a 400, not a 500, and
@@ -12,11 +17,16 @@ case-insensitively (`%` is a wildcard). Unlike orchestrator-core, a bad sort dir
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import zlib
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
+from uuid import UUID
 
+from orchestrator.dsl import jsonutil
 from orchestrator.services import PROCESS_FIELDS, Condition, Kind, Order, QueryError
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
@@ -75,6 +85,71 @@ def parse_range(text: str | None) -> tuple[int, int] | None:
     except ValueError:
         raise QueryError("Invalid range: expected range=start,end") from None
     return start, end
+
+
+MAX_LIMIT = 10_000
+"""The largest `limit` (keyset page size)."""
+DEFAULT_LIMIT = 25
+"""Rows per page after a cursor given without `limit`."""
+_CURSOR_VERSION = 1
+_BAD_CURSOR = "Invalid cursor (after=): use the Link of the previous page, with the same filter and sort"
+
+
+def parse_limit(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        limit = int(text)
+    except ValueError:
+        raise QueryError("Invalid limit: expected a number") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise QueryError(f"Invalid limit: need 1 <= limit <= {MAX_LIMIT}")
+    return limit
+
+
+def _signature(conditions: Sequence[Condition], orders: Sequence[Order]) -> str:
+    """What a cursor is valid for: the filter and the sort as parsed."""
+    return f"{zlib.crc32(repr((list(conditions), list(orders))).encode()):08x}"
+
+
+def _tagged(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"t": value.isoformat()}
+    if isinstance(value, UUID):
+        return {"u": str(value)}
+    return value
+
+
+def _untagged(value: Any) -> Any:
+    if isinstance(value, dict) and len(value) == 1:
+        ((tag, text),) = value.items()
+        if tag == "t" and isinstance(text, str):
+            return datetime.fromisoformat(text)
+        if tag == "u" and isinstance(text, str):
+            return UUID(text)
+        raise ValueError(tag)
+    if value is None or isinstance(value, bool | str):
+        return value
+    raise ValueError(value)
+
+
+def encode_cursor(position: Sequence[Any], conditions: Sequence[Condition], orders: Sequence[Order]) -> str:
+    """An opaque token for `after=`: the position (a page's last sort key) and what it is valid for."""
+    data = [_CURSOR_VERSION, _signature(conditions, orders), [_tagged(v) for v in position]]
+    return base64.urlsafe_b64encode(jsonutil.dumps(data)).decode().rstrip("=")
+
+
+def decode_cursor(text: str, conditions: Sequence[Condition], orders: Sequence[Order]) -> tuple[Any, ...]:
+    """The position in a token from `encode_cursor`; QueryError if it is not one, or was made for another filter
+    or sort. (Whether its values fit the sort's columns is checked where the statement is built.)"""
+    try:
+        data = jsonutil.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        version, signature, values = data
+        if version != _CURSOR_VERSION or signature != _signature(conditions, orders) or not isinstance(values, list):
+            raise ValueError(signature)
+        return tuple(_untagged(v) for v in values)
+    except (ValueError, TypeError, binascii.Error):
+        raise QueryError(_BAD_CURSOR) from None
 
 
 def etag(rows: Sequence[dict[str, Any]]) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -33,6 +35,7 @@ from orchestrator.http.params import (
     unsupported_media_type,
 )
 from orchestrator.http.routing import Api, Body, Param, Reply, json_reply
+from orchestrator.services import QueryError
 
 api = Api("processes")
 
@@ -56,7 +59,20 @@ ETAG = "Weak validator of the listed rows"
     params=[
         Param("filter", "query", {"type": "string"}, "field,value,... (see this operation's description)"),
         Param("sort", "query", {"type": "string"}, "field,asc|desc,..."),
-        Param("range", "query", {"type": "string"}, "start,end: rows [start, end)"),
+        Param("range", "query", {"type": "string"}, "start,end: rows [start, end) (OFFSET paging, with a total)"),
+        Param(
+            "limit",
+            "query",
+            {"type": "integer", "minimum": 1, "maximum": listing.MAX_LIMIT},
+            "Keyset paging: rows per page, from the first (without `after`) or after the cursor; no total",
+        ),
+        Param(
+            "after",
+            "query",
+            {"type": "string"},
+            'Keyset paging: the cursor from the previous page\'s `Link: <...>; rel="next"`, with the same filter '
+            "and sort; not with `range`",
+        ),
         Param("If-None-Match", "header", {"type": "string"}, "An ETag of an earlier answer"),
     ],
     replies=[
@@ -64,32 +80,52 @@ ETAG = "Weak validator of the listed rows"
             200,
             "Processes (without steps, state and form)",
             list[ProcessOut],
-            headers={"ETag": ETAG, "Content-Range": "processes start-end/total, with `range`"},
+            headers={
+                "ETag": ETAG,
+                "Content-Range": "processes start-end/total, with `range`",
+                "Link": 'With `range` or `limit`, when more rows follow: `<URL>; rel="next"`, the next page '
+                "(keyset: `after` and `limit`)",
+            },
         ),
         Reply(304, "Unchanged since the ETag in If-None-Match", headers={"ETag": ETAG}),
-        Reply(400, "Invalid filter, sort or range"),
+        Reply(400, "Invalid filter, sort, range, limit or cursor (or a cursor made for another filter or sort)"),
     ],
 )
 async def list_processes(request: Request) -> Response:
     """orchestrator-core's query language: `filter=lastStatus,completed-failed,isTask,false`,
-    `sort=startedAt,desc`, `range=0,25`; see the module documentation of `orchestrator.http.listing`."""
+    `sort=startedAt,desc`, `range=0,25`; see the module documentation of `orchestrator.http.listing`.
+
+    Deep pages: `range` skips the rows before the page, so its cost grows with `start`. Follow the `Link` header's
+    `rel="next"` instead (`after=<cursor>&limit=N`, same filter and sort): each page starts at the previous
+    page's last row through the index, at the first page's cost. `limit=N` without `after` is a first page
+    without the total."""
     ctx = context(request)
     await ctx.authorize(request, "read")
     query = request.query_params
-    window = listing.parse_range(query.get("range"))
-    rows, total = await services.list_processes(
-        listing.parse_filter(query.get("filter")),
-        listing.parse_sort(query.get("sort")),
-        window,
-        orchestrator=ctx.orchestrator,
+    conditions = listing.parse_filter(query.get("filter"))
+    orders = listing.parse_sort(query.get("sort"))
+    limit = listing.parse_limit(query.get("limit"))
+    cursor = query.get("after")
+    if "range" in query and (cursor is not None or limit is not None):
+        raise QueryError("range (offset paging) does not combine with after or limit (keyset paging)")
+    after = listing.decode_cursor(cursor, conditions, orders) if cursor is not None else None
+    keyset = limit is not None or after is not None
+    window = (0, limit or listing.DEFAULT_LIMIT) if keyset else listing.parse_range(query.get("range"))
+    result = await services.list_processes(
+        conditions, orders, window, after=after, total=not keyset, orchestrator=ctx.orchestrator
     )
-    tag = listing.etag(rows)
+    tag = listing.etag(result.rows)
     headers = {"ETag": f'W/"{tag}"'}
     if listing.matches(request.headers.get("if-none-match"), tag):
         return Response(status_code=304, headers=headers)
-    if window is not None:
-        headers["Content-Range"] = f"processes {window[0]}-{window[1]}/{total}"
-    return json_reply(list[ProcessOut], rows, headers=headers)
+    if window is not None and result.total is not None:
+        headers["Content-Range"] = f"processes {window[0]}-{window[1]}/{result.total}"
+    if window is not None and result.next_position is not None:
+        token = listing.encode_cursor(result.next_position, conditions, orders)
+        kept = [(k, v) for k, v in query.multi_items() if k in ("filter", "sort")]
+        size = min(window[1] - window[0], listing.MAX_LIMIT)
+        headers["Link"] = f'<{request.url.path}?{urlencode([*kept, ("limit", size), ("after", token)])}>; rel="next"'
+    return json_reply(list[ProcessOut], result.rows, headers=headers)
 
 
 @api.operation(

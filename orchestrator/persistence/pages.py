@@ -10,6 +10,7 @@ of the primary key).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -52,6 +53,45 @@ def id_range(text: str) -> tuple[UUID, UUID] | None:
     if len(digits) > 32:
         return None
     return UUID(digits.ljust(32, "0")), UUID(digits.ljust(32, "f"))
+
+
+@dataclass(frozen=True)
+class SortKey:
+    """One term of an ORDER BY: a whitelisted SQL expression, its direction and whether it may be NULL."""
+
+    expression: str
+    descending: bool = False
+    nullable: bool = False
+
+
+def keyset_after(keys: Sequence[SortKey], values: Sequence[Any], param: Callable[[Any], str]) -> str:
+    """The condition "after the row whose sort keys are `values`" in the order `keys` give (PostgreSQL's: NULLs
+    last ascending, first descending; the last key unique, so that no two rows tie). Nested from the first key,
+    `k1 >= v1 AND (k1 > v1 OR (k1 = v1 AND (k2 > v2 OR ...)))`, so that an index on the first key starts at the
+    position instead of reading the rows before it: a page after any position costs what the first page costs.
+    The bound on the first key is only added when it cannot be NULL."""
+    if len(keys) != len(values):
+        raise ValueError("one value per sort key")
+    clause = ""
+    for key, value in reversed(list(zip(keys, values, strict=True))):
+        beyond, equal = _compare(key, value, param)
+        clause = beyond if not clause else f"({beyond} OR ({equal} AND {clause}))"
+    first, value = keys[0], values[0]
+    if first.nullable or value is None:
+        return clause
+    return f"{first.expression} {'<' if first.descending else '>'}= {param(value)} AND {clause}"
+
+
+def _compare(key: SortKey, value: Any, param: Callable[[Any], str]) -> tuple[str, str]:
+    """(the rows strictly beyond `value` on this key, the rows equal to it), NULLs placed as PostgreSQL sorts."""
+    column = key.expression
+    if value is None:
+        return (f"{column} IS NOT NULL" if key.descending else "false"), f"{column} IS NULL"
+    placeholder = param(value)
+    beyond = f"{column} {'<' if key.descending else '>'} {placeholder}"
+    if key.nullable and not key.descending:
+        beyond = f"({beyond} OR {column} IS NULL)"
+    return beyond, f"{column} = {placeholder}"
 
 
 def _like(text: str) -> str:
@@ -100,9 +140,8 @@ async def process_page(pool: asyncpg.Pool, query: PageQuery) -> tuple[list[dict[
     if query.is_task is not None:
         where.clauses.append(f"p.is_task = {where.param(query.is_task)}")
     if query.after is not None:
-        value, pid = where.param(query.after[0]), where.param(query.after[1])
-        beyond, tie = ("<", ">") if query.descending else (">", "<")
-        where.clauses.append(f"{column} {beyond}= {value} AND ({column} {beyond} {value} OR p.pid {tie} {pid})")
+        keys = (SortKey(column, query.descending), SortKey("p.pid", not query.descending))
+        where.clauses.append(keyset_after(keys, query.after, where.param))
     order = f"{column} DESC, p.pid ASC" if query.descending else f"{column} ASC, p.pid DESC"
     limit = max(1, min(query.size, MAX_PAGE_SIZE)) + 1
     source = "processes p"

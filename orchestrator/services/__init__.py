@@ -6,7 +6,7 @@ types its functions take and raise are re-exported here, so that a caller needs 
 
 from orchestrator.persistence.errors import DatabaseUnavailableError, ValueRefusedError
 from orchestrator.persistence.pages import PageQuery
-from orchestrator.persistence.reads import PROCESS_FIELDS, Condition, Kind, Order, QueryError
+from orchestrator.persistence.reads import PROCESS_FIELDS, Condition, Kind, Order, ProcessListing, QueryError
 from orchestrator.persistence.stats import MetricsSnapshot
 from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.services.callbacks import continue_with_callback, report_callback_progress
@@ -65,6 +65,7 @@ __all__ = [
     "Orchestrator",
     "Order",
     "PageQuery",
+    "ProcessListing",
     "Pruned",
     "QueryError",
     "ResumeAction",

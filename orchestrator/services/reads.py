@@ -11,7 +11,7 @@ from orchestrator.dsl.types import ProcessStatus, State, StepStatus
 from orchestrator.exceptions import ProcessNotFoundError
 from orchestrator.persistence import pages, reads, stats
 from orchestrator.persistence.pages import PageQuery
-from orchestrator.persistence.reads import Condition, Order
+from orchestrator.persistence.reads import Condition, Order, ProcessListing
 from orchestrator.persistence.records import StepRow, step_rows
 from orchestrator.runtime.orchestrator import Orchestrator, current
 from orchestrator.services.position import cleared, current_state, waiting_branch, waiting_step
@@ -97,12 +97,18 @@ async def list_processes(
     orders: Sequence[Order] = (),
     window: tuple[int, int] | None = None,
     *,
+    after: Sequence[Any] | None = None,
+    total: bool = True,
     orchestrator: Orchestrator | None = None,
-) -> tuple[list[dict[str, Any]], int | None]:
-    """Processes (without steps, state and form) matching every condition, in order (newest first by default);
-    with `window=(start, end)` rows [start, end) and the total. Raises QueryError for what cannot be applied."""
+) -> ProcessListing:
+    """Processes (without steps, state and form) matching every condition, in order (newest first by default).
+        With `window=(start, end)`: rows [start, end), the total, and where the next page starts if more follow
+        (`next_position`). With `after` (an earlier page's `next_position`, same conditions and order) and a window:
+        the rows after that position, no total; every such page costs what the first does. `total=False` leaves the
+    total out of a window's answer (it costs a plan, or a count of up to 10,000 rows). Raises QueryError for
+        what cannot be applied."""
     orch = orchestrator or current()
-    return await reads.list_processes(orch.store.pool, conditions, orders, window)
+    return await reads.list_processes(orch.store.pool, conditions, orders, window, after, total=total)
 
 
 async def process_page(

@@ -1,6 +1,10 @@
-"""GET /api/processes: filter, sort, range with Content-Range, ETag and If-None-Match."""
+"""GET /api/processes: filter, sort, range with Content-Range, keyset pages (limit, after, Link), ETag and
+If-None-Match."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
+from uuid import uuid4
 
 import httpx
 import pytest
@@ -124,3 +128,117 @@ async def test_total_above_the_exact_limit_is_an_estimate(
     assert total >= 3
     exact = await client.get("/api/processes", params={"range": "0,2", "filter": "lastStatus,failed"})
     assert exact.headers["Content-Range"] == "processes 0-2/1"
+
+
+def _next(response: httpx.Response) -> str | None:
+    """The URL of the `Link: <...>; rel="next"` header, if any."""
+    link = response.headers.get("Link")
+    if link is None:
+        return None
+    url, _, rel = link.partition(";")
+    assert rel.strip() == 'rel="next"', link
+    return url.strip().removeprefix("<").removesuffix(">")
+
+
+async def _walk(client: httpx.AsyncClient, url: str, **params: str) -> list[str]:
+    """Every row from `url` on, following the next links to the end."""
+    seen: list[str] = []
+    response = await client.get(url, params=params)
+    while True:
+        assert response.status_code == 200, response.text
+        assert "Content-Range" not in response.headers or "range" in params
+        seen += [p["process_id"] for p in response.json()]
+        following = _next(response)
+        if following is None:
+            return seen
+        response = await client.get(following)
+        params = {}
+
+
+SORTS = [
+    "",
+    "startedAt,asc",
+    "createdBy,desc,startedAt,asc",
+    "note,asc",
+    "note,desc",
+    "isTask,desc,lastStatus,asc",
+    "workflowName,asc",
+    "lastModifiedAt,desc",
+]
+
+
+async def test_keyset_pages_follow_every_order(client: httpx.AsyncClient, listed: dict[str, str]) -> None:
+    """Following `Link: rel="next"` page by page yields exactly the rows of the unpaged listing, in its order,
+    for every sort (NULLs where PostgreSQL puts them: two processes have notes, two none), from `limit` or from a
+    `range` page."""
+    await client.patch(f"/api/processes/{listed['alice']}", json={"note": "b note"})
+    await client.patch(f"/api/processes/{listed['task_failed']}", json={"note": "A note"})
+    for sort in SORTS:
+        params = {"sort": sort} if sort else {}
+        everything = await ids(client, **params)
+        assert len(everything) == 4
+        assert await _walk(client, "/api/processes", limit="1", **params) == everything, sort
+        assert await _walk(client, "/api/processes", range="0,3", **params) == everything, sort
+    failed = {"filter": "lastStatus,failed-inconsistent_data", "sort": "startedAt,asc"}
+    assert await _walk(client, "/api/processes", limit="1", **failed) == await ids(client, **failed)
+    last = await client.get("/api/processes", params={"limit": "4"})
+    assert len(last.json()) == 4 and "Link" not in last.headers and "Content-Range" not in last.headers
+
+
+async def test_bad_cursors_are_400(client: httpx.AsyncClient, listed: dict[str, str]) -> None:
+    from orchestrator.http import listing
+
+    first = await client.get("/api/processes", params={"limit": "1", "filter": "isTask,false"})
+    following = _next(first)
+    assert following is not None
+    cursor = httpx.URL(following).params["after"]
+    ok = await client.get("/api/processes", params={"after": cursor, "filter": "isTask,false"})
+    assert ok.status_code == 200 and len(ok.json()) == 1  # without limit: DEFAULT_LIMIT rows
+    started = datetime.now(UTC)
+    forged = [
+        listing.encode_cursor([str(started), uuid4()], [], []),  # text where the start time goes
+        listing.encode_cursor([started], [], []),  # too short
+        listing.encode_cursor([started, None], [], []),  # no process id
+        listing.encode_cursor([uuid4(), started], [], []),
+    ]
+    bad = [
+        ({"after": cursor}, "Invalid cursor"),  # made for another filter
+        ({"after": cursor, "filter": "isTask,false", "sort": "startedAt,asc"}, "Invalid cursor"),  # another sort
+        ({"after": "not a cursor"}, "Invalid cursor"),
+        ({"after": ""}, "Invalid cursor"),
+        ({"after": "W1swLDFd"}, "Invalid cursor"),
+        ({"after": cursor, "filter": "isTask,false", "range": "0,5"}, "does not combine"),
+        ({"limit": "5", "range": "0,5"}, "does not combine"),
+        ({"limit": "0"}, "Invalid limit"),
+        ({"limit": "10001"}, "Invalid limit"),
+        ({"limit": "many"}, "Invalid limit"),
+        *(({"after": f}, "Invalid cursor") for f in forged),
+    ]
+    for params, detail in bad:
+        assert detail in problem(await client.get("/api/processes", params=params), 400)["detail"], params
+
+
+async def test_total_by_status_and_kind_is_exact_from_the_counters(
+    client: httpx.AsyncClient, listed: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing filtered on status and kind only (wildcards and negations included) has its exact total from the
+    status counters, past EXACT_TOTAL_UP_TO too, in the page's own statement; an empty page keeps its total."""
+    from orchestrator.persistence import reads
+
+    monkeypatch.setattr(reads, "EXACT_TOTAL_UP_TO", 1)
+    expected = {
+        "": 4,
+        "lastStatus,completed": 2,
+        "lastStatus,!completed": 2,
+        "isTask,true": 2,
+        "isTask,true,lastStatus,inconsistent%": 1,
+        "lastStatus,failed-completed,isTask,false": 2,
+        "lastStatus,running": 0,
+    }
+    for filter_, total in expected.items():
+        response = await client.get("/api/processes", params={"range": "0,1", "filter": filter_})
+        assert response.status_code == 200, response.text
+        assert response.headers["Content-Range"] == f"processes 0-1/{total}", filter_
+        assert len(response.json()) == min(total, 1)
+        beyond = await client.get("/api/processes", params={"range": "5,9", "filter": filter_})
+        assert beyond.json() == [] and beyond.headers["Content-Range"] == f"processes 5-9/{total}", filter_

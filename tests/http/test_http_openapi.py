@@ -68,7 +68,7 @@ async def test_valid_openapi_31(client: httpx.AsyncClient) -> None:
         "$ref": "#/components/schemas/FormIncompleteProblem"
     }
     listing = doc["paths"]["/api/processes"]["get"]["responses"]
-    assert set(listing["200"]["headers"]) == {"ETag", "Content-Range"}
+    assert set(listing["200"]["headers"]) == {"ETag", "Content-Range", "Link"}
     assert doc["components"]["schemas"]["ProcessOut"]["properties"]["started_at"]["type"] == "number"
     assert "security" not in doc
 
