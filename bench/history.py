@@ -5,7 +5,8 @@ failed and 50,000 suspended processes, five step rows each). On each, in one run
 
 * start throughput and lone-process latency: `python -m bench --scenarios threadpool,latency` as a subprocess
   with `DATABASE_URI` set to that database (its table's figures);
-* p50/p95 of `GET /api/processes` (first page: default order, a status filter, a kind filter sorted by time),
+* p50/p95 of `GET /api/processes` (first page: default order with `range` and with `limit`, a status filter, a
+  kind filter sorted by time; deep pages by OFFSET and by keyset cursor at rows 10,000 and 1,000,000),
   of one process's detail (`GET /api/processes/{id}`, random seeded processes) and of a `/metrics` scrape,
   through the app in this program (ASGI, no network);
 * EXPLAIN (ANALYZE, BUFFERS) of the sweeper's, the timers', the relay's and the retention's statements: the
@@ -37,7 +38,7 @@ from bench.history_plans import explain_all
 from bench.history_seed import seed
 from bench.scenarios import percentiles
 from orchestrator import log
-from orchestrator.http import create_app
+from orchestrator.http import create_app, listing
 from orchestrator.persistence import migrations
 from orchestrator.runtime.orchestrator import Orchestrator
 from orchestrator.settings import LogFormat, load_settings
@@ -46,11 +47,18 @@ ADMIN_URI = os.environ.get("BENCH_PG_ADMIN_URI", "postgresql://postgres@127.0.0.
 
 READS = {
     "list_first_page": "/api/processes?range=0,25",
+    "list_first_page_keyset": "/api/processes?limit=25",
     "list_status_filter": "/api/processes?filter=lastStatus,failed&range=0,25",
     "list_task_filter_sorted": "/api/processes?filter=isTask,true&sort=startedAt,desc&range=0,25",
-    "list_completed_offset_10000": "/api/processes?filter=lastStatus,completed&range=10000,10025",
     "metrics": "/metrics",
 }
+DEEP = {
+    # name: (filter, rows before the page, requests): OFFSET against keyset (`after`) at the same position
+    "list_completed_{}_10000": ("lastStatus,completed", 10_000, None),
+    "list_{}_1000000": (None, 1_000_000, 5),
+}
+"""Deep pages: `range` at an offset, and `after` with the cursor of the row just before it (`{}` is `offset` or
+`after`). An OFFSET of a million rows takes seconds, so it is measured `requests` times, not `--repeat`."""
 
 
 async def _timed(client: httpx.AsyncClient, path: str, repeat: int) -> dict[str, float | None]:
@@ -64,6 +72,33 @@ async def _timed(client: httpx.AsyncClient, path: str, repeat: int) -> dict[str,
     return percentiles(times)
 
 
+async def _deep(pool: asyncpg.Pool, client: httpx.AsyncClient, repeat: int) -> dict[str, Any]:
+    """Each deep page by OFFSET and by keyset; None where the database has fewer rows than the offset."""
+    result: dict[str, Any] = {}
+    for name, (filter_, offset, requests) in DEEP.items():
+        status = "WHERE last_status = 'completed'" if filter_ else ""
+        before = await pool.fetchrow(
+            f"SELECT started_at, pid FROM processes {status} ORDER BY started_at DESC, pid OFFSET $1 LIMIT 1",
+            offset - 1,
+        )
+        if before is None:
+            result[name.format("offset")] = result[name.format("after")] = None
+            continue
+        conditions = listing.parse_filter(filter_)
+        cursor = listing.encode_cursor((before["started_at"], before["pid"]), conditions, [])
+        query = f"filter={filter_}&" if filter_ else ""
+        paths = {
+            "offset": f"/api/processes?{query}range={offset},{offset + 25}",
+            "after": f"/api/processes?{query}limit=25&after={cursor}",
+        }
+        offset_page = (await client.get(paths["offset"])).json()
+        keyset_page = (await client.get(paths["after"])).json()
+        assert offset_page == keyset_page, f"{name}: OFFSET and keyset pages differ"
+        for kind, path in paths.items():
+            result[name.format(kind)] = await _timed(client, path, requests or repeat)
+    return result
+
+
 async def _reads(dsn: str, repeat: int) -> dict[str, Any]:
     settings = load_settings(DATABASE_URI=dsn, LOG_LEVEL="WARNING")
     async with Orchestrator(settings) as orch:
@@ -73,6 +108,7 @@ async def _reads(dsn: str, repeat: int) -> dict[str, Any]:
             for path in READS.values():  # warm the caches and the connections
                 await client.get(path)
             result = {name: await _timed(client, path, repeat) for name, path in READS.items()}
+            result.update(await _deep(orch.store.pool, client, repeat))
             pids = [r["pid"] for r in await orch.store.pool.fetch("SELECT pid FROM processes TABLESAMPLE SYSTEM (1)")]
             pids = pids[:repeat] or [r["pid"] for r in await orch.store.pool.fetch("SELECT pid FROM processes")]
             detail = []
@@ -82,8 +118,8 @@ async def _reads(dsn: str, repeat: int) -> dict[str, Any]:
                 detail.append((time.perf_counter() - t0) * 1000)
                 assert response.status_code == 200, response.text
             result["process_detail"] = percentiles(detail)
-            listing = await client.get(READS["list_first_page"])
-            result["content_range"] = listing.headers.get("content-range")
+            first = await client.get(READS["list_first_page"])
+            result["content_range"] = first.headers.get("content-range")
     return result
 
 
@@ -182,7 +218,8 @@ def markdown(report: dict[str, Any]) -> str:
         "| measurement | empty: p50 / p95 ms | full: p50 / p95 ms |",
         "|---|---|---|",
     ]
-    for name in [*READS, "process_detail"]:
+    deep = [name.format(kind) for name in DEEP for kind in ("offset", "after")]
+    for name in [*READS, *deep, "process_detail"]:
         e, f = empty["reads_ms"].get(name), full["reads_ms"].get(name)
         lines.append(f"| {name} | {_p(e, 'p50')} / {_p(e)} | {_p(f, 'p50')} / {_p(f)} |")
     lines += ["", "| start scenarios (round) | empty | full |", "|---|---|---|"]
