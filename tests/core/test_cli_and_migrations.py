@@ -99,6 +99,22 @@ async def test_concurrent_upgrades_apply_each_migration_once(database_uri: str) 
         await admin.close()
 
 
+async def test_history_tables_leave_a_tenth_of_each_page_free(database_uri: str) -> None:
+    """Migration 0008: inserts append instead of filling the free-space map's small gaps in old pages (each a page
+    read and a full-page WAL image per row on a large history)."""
+    conn = await asyncpg.connect(database_uri)
+    try:
+        rows = await conn.fetch(
+            "SELECT relname, reloptions FROM pg_class WHERE relname = ANY($1::text[]) AND relkind = 'r'",
+            ["processes", "process_steps", "input_states"],
+        )
+    finally:
+        await conn.close()
+    assert {r["relname"]: r["reloptions"] for r in rows} == {
+        name: ["fillfactor=90"] for name in ("processes", "process_steps", "input_states")
+    }
+
+
 def test_readme_main_command_runs_the_example_on_embedded_postgres(tmp_path: Path) -> None:
     env = {"EMBEDDED_DATA_DIR": str(tmp_path / "pg"), "DATABASE_URI": "", "LOG_FORMAT": "json"}
     result = run_cli("run", env=env, timeout=120)
