@@ -10,7 +10,7 @@ from orchestrator.persistence.statements import Statements
 _SETTLE = """
 UPDATE processes
    SET last_status = $3, last_step = $4, assignee = $5, failed_reason = left($6, 10000), traceback = right($7, 50000),
-       lease_owner = NULL, lease_expires_at = NULL, last_modified_at = now()
+       lease_owner = NULL, lease_expires_at = NULL, last_modified_at = now(), open_branches = 0
  WHERE pid = $1 AND fencing_token = $2 AND last_status = 'running'
 RETURNING pid
 """

@@ -71,7 +71,8 @@ WITH i AS (
        SET last_status = i.process_status, last_step = i.step_name, assignee = i.assignee,
            failed_reason = i.failed_reason, traceback = i.traceback, last_modified_at = now(),
            lease_owner = CASE WHEN i.process_status = 'running' THEN pr.lease_owner END,
-           lease_expires_at = CASE WHEN i.process_status = 'running' THEN pr.lease_expires_at END
+           lease_expires_at = CASE WHEN i.process_status = 'running' THEN pr.lease_expires_at END,
+           open_branches = greatest(pr.open_branches, 0)
       FROM i
      WHERE pr.pid = i.pid AND pr.fencing_token = i.token AND pr.last_status = 'running' AND i.fence IS NULL
  RETURNING pr.pid
@@ -113,8 +114,8 @@ WITH i AS (
         ON CONFLICT (shard, bucket) DO UPDATE SET n = c.n + excluded.n, seconds = c.seconds + excluded.seconds
 )
 SELECT (SELECT coalesce(array_agg(stepid), '{{}}') FROM ok) AS ok,
-       (SELECT coalesce(array_agg(pid ORDER BY pid), '{{}}') FROM j WHERE open_branches = 0) AS joined,
-       (SELECT coalesce(array_agg(fencing_token ORDER BY pid), '{{}}') FROM j WHERE open_branches = 0)
+       (SELECT coalesce(array_agg(pid ORDER BY pid), '{{}}') FROM j WHERE open_branches < 0) AS joined,
+       (SELECT coalesce(array_agg(fencing_token ORDER BY pid), '{{}}') FROM j WHERE open_branches < 0)
            AS joined_tokens,
        coalesce((SELECT bool_or(global_lock) FROM engine_settings), false) AS locked
 """

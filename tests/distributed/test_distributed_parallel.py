@@ -267,3 +267,46 @@ async def test_sigkill_mid_branch_reruns_only_the_interrupted_step(
         assert logged[-2:] == [(None, "Fork"), (None, "Done")]  # the join once, after every branch step
     state = (await services.get_process(pids[0], orchestrator=orch))["current_state"]
     assert (state["quick"], state["gated"], state["after_gate"]) == (True, True, True)
+
+
+async def test_a_holder_dying_before_the_join_leaves_a_failed_branch_failed(
+    api: Api, spawn: Spawn, queues: Queues, gate: Path, monkeypatch: Any
+) -> None:
+    """The worker that takes the process from the fork's last branch dies before it joins: the run that takes the
+    process over joins from the rows (the process fails with the branch's reason, the failed step is not run
+    again), and a retry then runs only the failed branch."""
+    monkeypatch.setenv("DQ_GATE", str(gate))  # this test process plays the worker that dies: its gate is closed
+    orch = await api()
+    pid = await services.start_process("dq_flaky", [{}], orchestrator=orch)
+    dead, ttl = "dead-worker", orch.engine.lease_ttl
+    claim = await orch.store.claims.claim(pid, statuses=("created",), owner=dead, lease_ttl=ttl, user=None)
+    assert claim is not None
+    await orch.engine.run(claim, stopping=lambda: False, redispatch=orch.executor.resume)  # up to the fork
+    branches = await orch.store.branch_claims.claim(pid, ["Mixed[0]", "Mixed[1]"], limit=2, owner=dead, lease_ttl=ttl)
+    assert [b.branch for b in branches] == ["Mixed[0]", "Mixed[1]"]
+    handed = [await orch.engine.run_branch(b, stopping=lambda: False, owner=dead) for b in branches]
+    assert handed[0] is None and handed[1] is not None  # the last branch's stop handed the process over...
+    failed_row = await orch.store.pool.fetchrow(
+        "SELECT stepid, completed_at FROM process_steps WHERE pid = $1 AND name = 'Flaky'", pid
+    )
+    # ...and its holder dies here, before joining: the lease expires and a worker takes the process over.
+    await spawn(queues.workflows, DQ_GATE=str(gate)).wait_ready(orch)
+    process = await wait_status(orch, pid, timeout=TAKE_OVER)
+    assert process["last_status"] == "failed"
+    assert (process["last_step"], process["failed_reason"]) == ("Flaky", "flaky branch failed: the gate is closed")
+    flaky = await orch.store.pool.fetch(
+        "SELECT stepid, completed_at FROM process_steps WHERE pid = $1 AND name = 'Flaky'", pid
+    )
+    assert [tuple(r) for r in flaky] == [tuple(failed_row)]  # the failed branch did not run again
+    gate.touch()
+    await services.resume_process(pid, [{}], orchestrator=orch)
+    process = await wait_status(orch, pid, timeout=30)
+    assert process["last_status"] == "completed"
+    logged = await steps_of(orch, pid)
+    assert [r for r in logged if r[0] == "Mixed[0]"] == [("Mixed[0]", "Quick branch", "success")]  # ran once
+    assert [r[1:] for r in logged if r[0] == "Mixed[1]"] == [
+        ("Flaky", "failed"),
+        ("Flaky", "success"),
+        ("After gate", "success"),
+    ]
+    assert [r[1] for r in logged if r[0] is None] == ["Start", "Mixed", "Done"]
