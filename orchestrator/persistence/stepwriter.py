@@ -103,7 +103,7 @@ WITH i AS (
      WHERE s.stepid = ok.replace_id AND s.pid = ok.pid
 ), timer AS (
     INSERT INTO process_timers (pid, due_at, kind, attempt)
-    SELECT ok.pid, ok.wake_at, ok.timer_kind, ok.attempt FROM ok WHERE ok.wake_at IS NOT NULL AND ok.fence IS NULL
+    SELECT ok.pid, ok.wake_at, ok.timer_kind, ok.attempt FROM ok WHERE ok.wake_at IS NOT NULL AND ok.branch IS NULL
         ON CONFLICT (pid) DO UPDATE SET due_at = excluded.due_at, kind = excluded.kind, attempt = excluded.attempt
 ), hist AS (
     INSERT INTO step_duration_counts AS c (shard, bucket, n, seconds)
@@ -156,7 +156,7 @@ class StepWriter:
             if o.stepid in accepted:
                 event = {"pid": str(o.pid), "status": o.process_status, "step": o.step_name}
                 self.events.publish({**event, "branch": o.branch} if o.branch else event)
-                if o.wake_at is not None:
+                if o.wake_at is not None and o.branch is None:  # a branch's: set when its fork settles
                     self.events.publish({"due": o.wake_at.timestamp()}, channel=TIMERS_CHANNEL)
         joined = dict(zip(row["joined"], row["joined_tokens"], strict=True))
         return [

@@ -310,3 +310,24 @@ async def test_a_holder_dying_before_the_join_leaves_a_failed_branch_failed(
         ("After gate", "success"),
     ]
     assert [r[1] for r in logged if r[0] is None] == ["Start", "Mixed", "Done"]
+
+
+async def test_a_retry_policy_inside_a_branch(api: Api, spawn: Spawn, queues: Queues, gate: Path) -> None:
+    """A branch step with a retry policy fails once: the fork settles `waiting` with the attempt's timer, which
+    continues the process; only that step runs again, and the process completes."""
+    orch = await api()
+    await spawn(queues.workflows, DQ_GATE=str(gate)).wait_ready(orch)
+    pid = await services.start_process("dq_retrying", [{}], orchestrator=orch)
+    process = await wait_status(orch, pid, timeout=30)  # waiting, then (the timer) on to completed
+    if process["last_status"] == "waiting":
+        assert process["last_step"] == "Flaky once"
+        process = await wait_status(orch, pid, {"completed", "failed"}, timeout=30)
+    assert process["last_status"] == "completed", process["failed_reason"]
+    logged = await steps_of(orch, pid)
+    assert [r for r in logged if r[0] == "Retrying[0]"] == [("Retrying[0]", "Quick branch", "success")]
+    assert [r[1:] for r in logged if r[0] == "Retrying[1]"] == [
+        ("Flaky once", "waiting"),
+        ("Flaky once", "success"),
+        ("After gate", "success"),
+    ]
+    assert [r[1] for r in logged if r[0] is None] == ["Start", "Retrying", "Done"]
