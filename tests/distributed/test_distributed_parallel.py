@@ -12,9 +12,11 @@ from typing import Any
 from uuid import UUID
 
 from dq_support import Queues, Worker
+from support import http
 from support.waiting import wait_status, wait_until
 
 from orchestrator import services
+from orchestrator.http import create_app
 from orchestrator.runtime.orchestrator import Orchestrator
 
 Api = Callable[..., Awaitable[Orchestrator]]
@@ -331,3 +333,39 @@ async def test_a_retry_policy_inside_a_branch(api: Api, spawn: Spawn, queues: Qu
         ("After gate", "success"),
     ]
     assert [r[1] for r in logged if r[0] is None] == ["Start", "Retrying", "Done"]
+
+
+async def test_inputstep_in_a_branch_resumed_over_http(api: Api, spawn: Spawn, queues: Queues) -> None:
+    """PUT /api/processes/{id}/resume of a process waiting in a branch, its branches run by a worker process: the
+    form shown is the first waiting branch's, the resume goes to that branch, the other branch still waits."""
+    orch = await api(WORKFLOW_MODULES=["testflows", "parallelflows"])
+    worker = spawn(queues.workflows, WORKFLOW_MODULES=WITH_PARALLELFLOWS)
+    worker_ids = await worker.wait_ready(orch)
+    async with http.asgi_client(create_app(orchestrator=orch)) as client:
+        pid = await http.start(client, "pf_input")
+        process = await http.wait_status(client, pid, {"suspended"}, timeout=30)
+        assert (process["last_step"], process["assignee"]) == ("Approve", "NOC")
+        assert "approved" in process["form"]["properties"]
+        steps = {(s["name"], s["status"], s.get("branch")) for s in process["steps"]}
+        assert {
+            ("Approve", "suspend", "Ask[0]"),
+            ("Set A", "success", "Ask[1]"),
+            ("Comment", "suspend", "Ask[2]"),
+        } <= steps
+
+        invalid = http.problem(await client.put(f"/api/processes/{pid}/resume", json=[{"approved": "maybe"}]), 400)
+        assert {tuple(e["loc"]) for e in invalid["validation_errors"]} == {("approved",)}
+        response = await client.put(f"/api/processes/{pid}/resume", json=[{"approved": True}])
+        assert response.status_code == 204, response.text
+        process = await http.wait_status(client, pid, {"suspended"}, timeout=30)
+        assert process["last_step"] == "Comment" and "comment" in process["form"]["properties"]
+        response = await client.put(f"/api/processes/{pid}/resume", json=[{"comment": "ok"}])
+        assert response.status_code == 204, response.text
+        process = await http.wait_status(client, pid, timeout=30)
+    assert process["last_status"] == "completed"
+    state = process["current_state"]
+    assert (state["approved"], state["checked"], state["comment"], state["a"]) == (True, True, "ok", 1)
+    logged = await steps_of(orch, UUID(pid))
+    assert [r[1] for r in logged].count("Set A") == 1
+    claimed = [e for e in worker.events("claimed") if e.get("branch")]
+    assert claimed and {e["worker"] for e in claimed} <= set(worker_ids)  # the branches ran in the worker
