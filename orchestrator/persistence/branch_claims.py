@@ -1,8 +1,8 @@
 """Distributed branches: a fork's branches handed out as messages, each claimed, leased and fenced on its own
 `process_branches` row, and the fork's join decided by compare-and-set when its last branch stops.
 
-- `detach_fork`: the run holding the process lets it go (still `running`, no lease) and writes one branch row and
-  one outbox message per branch, in one statement fenced by its token.
+- `detach_fork`: the run holding the process lets it go (still `running`, no lease) and writes one branch row per
+  branch and one outbox message per batch of branches, in one statement fenced by its token.
 - `claim` (group-committed): a message carries a batch of a fork's branches; the worker claims as many of them as it
   has free run slots for, each by compare-and-set on its row (`dispatched` → `running` for this worker, token
   bumped); a duplicate or stale message finds another status and claims nothing. While the engine is paused the

@@ -193,18 +193,25 @@ async def test_a_duplicate_branch_message_runs_nothing_twice(
     pid = await services.start_process("dq_gated_fan", [{}], orchestrator=orch)
     await wait_until(all_in(orch, pid, "running", 3), 30, "every branch to run its gated step")
     await _duplicate_branch_messages(orch, pid)
-    await wait_until(lambda: _logged(worker, "branch not claimed", 3), 30, "the duplicates to be dropped")
+    await wait_until(lambda: _logged(worker, "branch not claimed", 4), 30, "the duplicates to be dropped")
     gate.touch()
     await assert_fan_completed_once(orch, pid)
     await _duplicate_branch_messages(orch, pid)  # and once the fork has joined
-    await wait_until(lambda: _logged(worker, "branch not claimed", 6), 30, "the late duplicates to be dropped")
+    await wait_until(lambda: _logged(worker, "branch not claimed", 8), 30, "the late duplicates to be dropped")
     await assert_fan_completed_once(orch, pid)
 
 
 async def _duplicate_branch_messages(orch: Orchestrator, pid: UUID) -> None:
+    """One message per branch (as the sweeper sends), and one batch of all of them (as the fork sends)."""
     await orch.store.pool.execute(
         """INSERT INTO outbox (queue, actor, pid, run_by, branch)
            SELECT queue, actor, pid, run_by, path FROM process_branches WHERE pid = $1""",
+        pid,
+    )
+    await orch.store.pool.execute(
+        """INSERT INTO outbox (queue, actor, pid, run_by, branches)
+           SELECT queue, actor, pid, run_by, array_agg(path ORDER BY path) FROM process_branches WHERE pid = $1
+            GROUP BY queue, actor, pid, run_by""",
         pid,
     )
     orch.executor.wake()  # type: ignore[attr-defined]
