@@ -1,4 +1,4 @@
--- New rows at the end of the tables, not in the gaps of old pages (numbered 0008: 0007 is taken by another branch).
+-- New rows at the end of the tables, not in the gaps of old pages.
 --
 -- A page filled by inserts keeps a gap smaller than the row that did not fit; VACUUM records every such gap in
 -- the free space map, and an insert then goes to any recorded gap its row fits in. On a table of years of history
