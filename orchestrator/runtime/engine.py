@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import anyio
 import structlog
@@ -39,6 +39,7 @@ from orchestrator.dsl.steps import Step, StepList
 from orchestrator.dsl.types import Assignee, ProcessStatus, State, StepStatus
 from orchestrator.dsl.workflow import Workflow, WorkflowRegistry
 from orchestrator.exceptions import ClaimLostError
+from orchestrator.ids import time_ordered_uuid
 from orchestrator.persistence.records import Claim, ProcessRef, StepRow
 from orchestrator.persistence.stepwriter import StepOutcome
 from orchestrator.persistence.store import Store
@@ -352,7 +353,7 @@ class _Run:
             created_by=self.user,
             started_at=datetime.fromtimestamp(started, UTC) if isinstance(started, float) else None,
             replace_stepid=replace_id,
-            stepid=replace_id or uuid4(),
+            stepid=replace_id or time_ordered_uuid(),
             branch=self.branch,
             fence=self.fence,
             stop=stop,

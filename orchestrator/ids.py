@@ -1,0 +1,25 @@
+"""Ids of new processes and steps: UUIDs in time order (RFC 9562 version 7), not random ones.
+
+A random (version 4) key puts every insert on a random leaf page of its indexes: with a history larger than
+`shared_buffers`, each insert reads a page from disk and writes a full-page image to the WAL (`bench.history` saw
+about ten times the WAL per start on 1.1 M processes as on an empty database). Ids that grow with time insert next
+to each other, at the same cost on a full database as on an empty one. They are still UUIDs: orchestrator-core's
+clients and tables, and Celery producers that send their own (version 4) ids, are unaffected.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from uuid import UUID
+
+_VERSION = 0x7 << 76
+_VARIANT = 0x2 << 62
+_RANDOM_BITS = ~((0xF << 76) | (0x3 << 62)) & ((1 << 80) - 1)
+
+
+def time_ordered_uuid() -> UUID:
+    """A version 7 UUID: 48 bits of Unix time in milliseconds, then 74 random bits (ordered to the millisecond)."""
+    millis = time.time_ns() // 1_000_000
+    random = int.from_bytes(os.urandom(10), "big") & _RANDOM_BITS
+    return UUID(int=(millis & 0xFFFF_FFFF_FFFF) << 80 | _VERSION | _VARIANT | random)

@@ -1,0 +1,39 @@
+"""New processes and steps get time-ordered ids (UUID version 7): inserts stay local in large indexes."""
+
+from __future__ import annotations
+
+import time
+from uuid import UUID
+
+from support.waiting import wait_status
+
+from orchestrator import services
+from orchestrator.ids import time_ordered_uuid
+from orchestrator.runtime.orchestrator import Orchestrator
+
+
+def _millis(value: UUID) -> int:
+    return value.int >> 80
+
+
+def test_ids_are_version_7_and_grow_with_time() -> None:
+    first = time_ordered_uuid()
+    later = first
+    while _millis(later) == _millis(first):  # the next millisecond, whatever the machine's speed
+        later = time_ordered_uuid()
+    assert first.version == later.version == 7
+    assert first.variant == later.variant == "specified in RFC 4122"
+    assert later > first
+    assert len({time_ordered_uuid() for _ in range(10_000)}) == 10_000
+
+
+async def test_processes_and_steps_get_time_ordered_ids(orch: Orchestrator) -> None:
+    before = time.time_ns() // 1_000_000
+    pid = await services.start_process("tf_simple", [{}], user="alice", orchestrator=orch)
+    await wait_status(orch, pid)
+    after = time.time_ns() // 1_000_000
+    stepids = [r["stepid"] for r in await orch.store.pool.fetch("SELECT stepid FROM process_steps WHERE pid = $1", pid)]
+    assert len(stepids) == 4
+    for value in [pid, *stepids]:
+        assert value.version == 7
+        assert before <= _millis(value) <= after
