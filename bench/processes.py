@@ -139,10 +139,19 @@ class Launcher:
     Counts the statements its readiness checks run on the bench database (subtracted from its transactions)."""
 
     def __init__(
-        self, settings: Any, dsn: str, run_id: str, workers: int, log_dir: Path, workflows: str = WORKFLOWS_MODULE
+        self,
+        settings: Any,
+        dsn: str,
+        run_id: str,
+        workers: int,
+        log_dir: Path,
+        workflows: str = WORKFLOWS_MODULE,
+        threads: int = 8,
     ) -> None:
+        """`threads`: each Dramatiq worker's `-t`, its run slots."""
         self.settings, self.dsn, self.run_id, self.workers, self.log_dir = settings, dsn, run_id, workers, log_dir
         self.workflows = workflows
+        self.threads = threads
         self.prefix = f"bench_{run_id}"
         self.live: list[Server] = []
         self.own_statements = 0
@@ -200,7 +209,7 @@ class Launcher:
                             "-p",
                             "1",
                             "-t",
-                            "8",
+                            str(self.threads),
                             "-Q",
                             q["WORKFLOWS_QUEUE"],
                             q["TASKS_QUEUE"],

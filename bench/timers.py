@@ -60,7 +60,7 @@ async def bench(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:10]
     db = await provision_database(run_id)
     log_dir = Path(tempfile.mkdtemp(prefix=f"orchestrator-bench-timers-{mode}-"))
-    launcher = Launcher(load_settings(), db.dsn, run_id, args.workers, log_dir, workflows=FLOWS)
+    launcher = Launcher(load_settings(), db.dsn, run_id, args.workers, log_dir, workflows=FLOWS, threads=args.threads)
     conn = await connect(db.dsn)
     try:
         stack = await launcher.start_stack(mode)
@@ -68,8 +68,8 @@ async def bench(mode: str, args: argparse.Namespace) -> dict[str, Any]:
             result = await _measure(stack, conn, args)
         finally:
             await launcher.stop_stack(stack)
-        workers = args.workers if mode == "dramatiq" else 0
-        return {"mode": mode, "workers": workers, **result, "logs": str(log_dir)}
+        workers, threads = (args.workers, args.threads) if mode == "dramatiq" else (0, 0)
+        return {"mode": mode, "workers": workers, "threads": threads, **result, "logs": str(log_dir)}
     finally:
         launcher.kill_all()
         await launcher.delete_queues()
@@ -186,6 +186,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.timers", description=__doc__)
     parser.add_argument("--mode", choices=[*MODES, "both"], default="both", help="executor mode(s) (both)")
     parser.add_argument("--workers", type=int, default=2, help="Dramatiq worker processes, dramatiq mode (2)")
+    parser.add_argument("--threads", type=int, default=8, help="each worker's -t, its run slots (8)")
     parser.add_argument("--count", type=int, default=10_000, help="processes sleeping at once (10000)")
     parser.add_argument("--spread", type=float, default=60.0, help="seconds their due times spread over (60)")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of CPU measurement while asleep (10)")

@@ -6,6 +6,12 @@ sleeping processes: nothing is polled per process. A new timer nearer than the o
 it early (NOTIFY on `TIMERS_CHANNEL`); as a notification can be lost while the LISTEN connection is down, the
 loop never sleeps longer than `max_idle` and re-reads after every reconnect. Firing is a compare-and-set in the
 database, so any number of programs (API replicas, workers) run this loop and each timer fires once.
+
+After a firing the loop waits at least `coalesce` seconds before the next: what comes due meanwhile is fired
+together, in one transaction, one outbox drain and one publish. Without it, due times 6 ms apart (10,000 sleepers
+over a minute) woke every program's loop 167 times a second, each for a transaction that fired one timer, or
+none when another program's loop was first (measured: three loops, the API's and two workers', racing). A timer
+due while the loop is idle still fires at once; the gap adds at most `coalesce` to the lateness of the others.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ JUST_DUE = 0.05
 """Seconds overdue under which unfired work is taken to have come due between the firing and the look at the next
 due time (or the loop woke a hair early), so it is fired again at once rather than after `busy_pause`."""
 
+COALESCE = 0.1
+"""Seconds the loop waits after a firing before the next one: the timers that come due meanwhile fire together."""
+
 
 class TimerLoop:
     def __init__(
@@ -41,15 +50,17 @@ class TimerLoop:
         max_idle: float = 60.0,
         busy_pause: float = 1.0,
         batch: int = 1000,
+        coalesce: float = COALESCE,
     ) -> None:
         """`busy_pause`: how long to wait when something is due but nothing could be fired (the engine is paused,
-        or another program holds the rows)."""
+        or another program holds the rows); `coalesce`: the least wait after a firing (see the module docstring)."""
         self.store = store
         self.executor = executor
         self.fire_schedules = fire_schedules
         self.max_idle = max_idle
         self.busy_pause = busy_pause
         self.batch = batch
+        self.coalesce = coalesce
         self._wake = asyncio.Event()
         self._stopping = False
         self._target = float("inf")
@@ -87,8 +98,10 @@ class TimerLoop:
         delay = await self.store.seconds_to_next_due()
         if delay is None:
             return self.max_idle
+        if fired:  # what comes due within `coalesce` waits for it, to be fired with the rest
+            return min(max(delay, self.coalesce), self.max_idle)
         if delay <= 0:
-            return 0.0 if fired or delay > -JUST_DUE else self.busy_pause
+            return 0.0 if delay > -JUST_DUE else self.busy_pause
         return min(delay, self.max_idle)
 
     async def run_forever(self) -> None:
