@@ -251,7 +251,7 @@ class _Run:
             ends = self._ends_branch and (not result.runs_next or step is remaining[-1])
             after = remaining[index + 1] if index + 1 < len(remaining) else None
             defer = wake is None and not ends and result.runs_next and self._may_defer(step, after)
-            result = await self._write(step.name, result, step.assignee, wake, stop=ends, defer=defer)
+            result = await self._write(step.name, result, step.assignee, wake, stop=ends, defer=defer, pure=step.pure)
             if not result.runs_next:
                 return result
         return result
@@ -278,7 +278,7 @@ class _Run:
             # crash before that finds the input pending again). A callback's answer is written at once.
             after = remaining[1] if len(remaining) > 1 else None
             defer = last.status == StepStatus.SUSPEND and not in_group and self._may_defer(None, after)
-            result = await self._write(last.name, Success(merged), Assignee.SYSTEM, defer=defer)
+            result = await self._write(last.name, Success(merged), Assignee.SYSTEM, defer=defer, pure=True)
             return result, remaining if in_group else remaining[1:]
         base = cleared[-1].state if cleared else self.initial_state(wf)
         return Success(deep_merge(base, pending) if pending else dict(base)), remaining
@@ -333,17 +333,19 @@ class _Run:
         *,
         stop: bool = False,
         defer: bool = False,
+        pure: bool = False,
     ) -> Process:
         """Persist a step outcome (one statement, with the timer `wake` sets, and the outcomes deferred before it);
         return the result carrying the state as stored. `stop`: the outcome ends this run's branch (distributed
-        mode). `defer`: keep it to be written with the next outcome (`_may_defer`)."""
+        mode). `defer`: keep it to be written with the next outcome (`_may_defer`); `pure`: it is a built-in
+        step's (or a resumed input step's), which runs no user code."""
         try:
             outcome, stored = self._outcome(name, result, assignee, wake, stop=stop)
         except (TypeError, ValueError) as exc:  # a state that cannot be stored fails the step instead
             self.logger.warning("step result could not be stored", step=name, error=str(exc))
             return await self._write_once(name, Failed(error_state(exc), exc), assignee, stop=self._ends_branch)
         if defer:
-            self.deferred.append((outcome, True))
+            self.deferred.append((outcome, pure))
             return stored
         written = await self._commit(outcome)
         return stored if written is None else written

@@ -490,3 +490,10 @@ async def test_built_in_steps_are_committed_with_their_neighbours(orch: Orchestr
         ("Use name", "success"),
         ("Done", "complete"),
     ]
+
+
+async def test_a_user_steps_outcome_is_committed_before_the_next_user_step_runs(orch: Orchestrator) -> None:
+    """A built-in step between two user steps does not carry the first one's outcome past the second."""
+    pid = await start(orch, "tf_init_between")
+    assert (await wait_status(orch, pid))["last_status"] == "completed"
+    assert await commits_of(orch, pid) == [["Start", "Sync step", "Start"], ["Sync step", "Done"]]
