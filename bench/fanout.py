@@ -1,10 +1,12 @@
 """The fan-out benchmark (`just bench --scenarios fanout,distributed_fanout`): the example workflow
 `fan_out` (one `map_parallel` of one-step branches) against `three_steps` in the same servers.
 
-Three parts, all to completion: one process forking `SINGLE_FORK` branches; N processes of `SMALL_FORK` branches
-at concurrency C; N `three_steps` processes for the plain-step rate of the same mode. Reported: branch steps per
-second next to plain steps per second, and the time from fork to join (the first branch step's start to the
-join row's commit, from the step rows).
+Four parts, all to completion: one process forking `SINGLE_FORK` branches; N processes of `SMALL_FORK` branches
+at concurrency C; N `three_steps` processes for the plain-step rate of the same mode; one `fan_out_sleeping`, a
+pair of branches sleeping 1 s each in a sync step (with 2 workers it joins in about 1 s, not 2, when the pair
+runs at once). Reported: branch steps per second next to plain steps per second, the time from fork to join (the
+first branch step's start to the join row's commit, from the step rows), and for the pair its fork-to-join time
+and how many OS processes ran its branches.
 """
 
 from __future__ import annotations
@@ -23,11 +25,16 @@ SMALL_FORK = 10
 PLAIN_STEPS = 5
 """Rows of a `three_steps` process: Start, One, Two, Three, Done."""
 
+SLEEPING_PAIR = {"branches": 2, "seconds": 1.0}
+
 _FORK_TO_JOIN = f"""{MARK}
-SELECT pid, extract(epoch FROM max(completed_at) FILTER (WHERE branch IS NULL AND name = 'Fan out')
+SELECT pid, extract(epoch FROM max(completed_at) FILTER (WHERE branch IS NULL AND name = $2)
                               - min(started_at) FILTER (WHERE branch IS NOT NULL))::float8 AS secs,
        count(*) FILTER (WHERE branch IS NOT NULL) AS branch_steps
   FROM process_steps WHERE pid = ANY($1::uuid[]) GROUP BY pid"""
+
+_BRANCH_OS_PIDS = f"""{MARK}
+SELECT count(DISTINCT state ->> 'os_pid') FROM process_steps WHERE pid = $1 AND branch IS NOT NULL"""
 
 Starts = Callable[[int, str, bytes], Awaitable[tuple[dict[str, Any], list[UUID]]]]
 """`starts(n, workflow, body)`: the summary of N starts run to completion, and their pids."""
@@ -38,7 +45,10 @@ async def measure(starts: Starts, monitor: Monitor, n: int, quick: bool) -> dict
     one, one_pid = await starts(1, "fan_out", orjson.dumps([{"branches": single}]))
     result, pids = await starts(n, "fan_out", orjson.dumps([{"branches": SMALL_FORK}]))
     plain, _ = await starts(n, "three_steps", b"[{}]")
-    forks = {row["pid"]: row for row in await monitor.fetch(_FORK_TO_JOIN, [*one_pid, *pids])}
+    pair, pair_pid = await starts(1, "fan_out_sleeping", orjson.dumps([SLEEPING_PAIR]))
+    forks = {row["pid"]: row for row in await monitor.fetch(_FORK_TO_JOIN, [*one_pid, *pids], "Fan out")}
+    pair_rows = await monitor.fetch(_FORK_TO_JOIN, pair_pid, "Sleep")
+    pair_secs = pair_rows[0]["secs"] if pair_rows else None
     single_secs = forks[one_pid[0]]["secs"] if one_pid and one_pid[0] in forks else None
     branch_steps = sum(int(forks[p]["branch_steps"]) for p in pids if p in forks)
     result["fanout"] = {
@@ -52,9 +62,15 @@ async def measure(starts: Starts, monitor: Monitor, n: int, quick: bool) -> dict
             "branch_steps_per_s": round(single / single_secs, 1) if single_secs else None,
             "completed": one["completed"],
         },
+        "sleeping_pair": {
+            **SLEEPING_PAIR,
+            "fork_to_join_s": round(pair_secs, 3) if pair_secs is not None else None,
+            "os_processes": (await monitor.fetch(_BRANCH_OS_PIDS, pair_pid[0]))[0][0] if pair_pid else None,
+            "completed": pair["completed"],
+        },
         "plain_errors": plain["errors"],
     }
-    result["errors"] += one["errors"] + plain["errors"]
+    result["errors"] += one["errors"] + plain["errors"] + pair["errors"]
     return result
 
 
@@ -65,10 +81,11 @@ def _spread(values: list[float]) -> dict[str, float | None]:
 
 
 def format_fanout(name: str, fanout: dict[str, Any]) -> str:
-    single = fanout["single_fork"]
+    single, pair = fanout["single_fork"], fanout["sleeping_pair"]
     return (
         f"  {name:<20} branch steps/s {fanout['branch_steps_per_s']} ({fanout['branches_per_process']} per process) "
         f"vs plain steps/s {fanout['plain_steps_per_s']}; fork->join p50 {fanout['fork_to_join_ms']['p50']} ms; "
         f"one fork of {single['branches']}: {single['fork_to_join_s']} s fork->join, "
-        f"{single['branch_steps_per_s']} branch steps/s"
+        f"{single['branch_steps_per_s']} branch steps/s; 2x1 s sleeping pair: {pair['fork_to_join_s']} s fork->join "
+        f"on {pair['os_processes']} OS process(es)"
     )

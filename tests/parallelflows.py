@@ -10,6 +10,7 @@ from testflows import call_external, validate_callback
 
 from orchestrator import (
     FormPage,
+    RetryPolicy,
     State,
     StepList,
     begin,
@@ -156,3 +157,23 @@ def pf_held() -> StepList:
     return (
         begin >> init >> prepare >> map_parallel("Hold", "ports", held >> after_held, result_key="held_results") >> done
     )
+
+
+@step("Retried", retry=RetryPolicy(max_attempts=3, initial_interval=0.2))
+def retried() -> State:
+    RUNS["Retried"] += 1
+    if RUNS["Retried"] == 1:
+        raise ValueError("the first attempt fails")
+    return {"retried": True}
+
+
+@step("Slow sibling")
+async def slow_sibling() -> State:
+    RUNS["Slow sibling"] += 1
+    await asyncio.sleep(0.5)  # outlasts the first retry's delay: the fork settles after the attempt is due
+    return {"slow": True}
+
+
+@workflow("Retry policy in a branch")
+def pf_retry_policy() -> StepList:
+    return begin >> init >> parallel("Try", retried, slow_sibling) >> done

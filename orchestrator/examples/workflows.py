@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from typing import Annotated
 from uuid import UUID
 
@@ -148,5 +150,28 @@ def fan_out() -> StepList:
     return (
         init
         >> map_parallel("Fan out", lambda state: list(range(state["branches"])), branch_step, result_key="results")
+        >> done
+    )
+
+
+class SleepingForm(FormPage):
+    branches: Annotated[int, Field(ge=0)] = 2
+    seconds: Annotated[float, Field(ge=0)] = 1.0
+
+
+@step("Sleep")
+def sleep_branch(item: float) -> State:
+    time.sleep(item)  # a sync step: it holds a thread of the engine's pool (in distributed mode, of a worker)
+    return {"slept": item, "os_pid": os.getpid()}
+
+
+@workflow("Sleeping branches (benchmarks)", initial_input_form=lambda: SleepingForm, target=Target.SYSTEM)
+def fan_out_sleeping() -> StepList:
+    """`branches` branches that each sleep `seconds`; `results` says which OS process ran each (benchmarks)."""
+    return (
+        init
+        >> map_parallel(
+            "Sleep", lambda state: [state["seconds"]] * state["branches"], sleep_branch, result_key="results"
+        )
         >> done
     )

@@ -1,15 +1,17 @@
 """Distributed branches: a fork's branches handed out as messages, each claimed, leased and fenced on its own
 `process_branches` row, and the fork's join decided by compare-and-set when its last branch stops.
 
-- `detach_fork`: the run holding the process lets it go (still `running`, no lease) and writes one branch row and
-  one outbox message per branch, in one statement fenced by its token.
-- `claim_branches` (group-committed): `dispatched` → `running` for this worker, token bumped; a duplicate or stale
-  message finds another status and claims nothing. While the engine is paused the branch is parked instead.
+- `detach_fork`: the run holding the process lets it go (still `running`, no lease) and writes one branch row per
+  branch and one outbox message per batch of branches, in one statement fenced by its token.
+- `claim` (group-committed): a message carries a batch of a fork's branches; the worker claims as many of them as it
+  has free run slots for, each by compare-and-set on its row (`dispatched` → `running` for this worker, token
+  bumped); a duplicate or stale message finds another status and claims nothing. While the engine is paused the
+  branches are parked instead.
 - `stop` (group-committed), or the branch's last step write (`stepwriter.py`) in the same statement: the branch is
   `stopped` and its process's `open_branches` decremented (`JOIN_WHEN_LAST`); the statement that brings it to 0
   claims the process for this worker, which then joins or settles the fork.
 - `park`: a branch that stopped before its next step (pause, shutdown) is `paused`, or dispatched again.
-- `resend`: a delivery handed back (no free slot, shutdown).
+- `resend`: a delivery handed back (no free slot, shutdown), or the part of a batch beyond the free slots.
 - `redispatch` (the sweeper): expired leases, lost messages, and parked branches once the engine runs.
 """
 
@@ -28,7 +30,7 @@ from orchestrator.persistence.records import Claim
 
 JOIN_WHEN_LAST = """, j AS (
     UPDATE processes pr
-       SET open_branches = pr.open_branches - s.n,
+       SET open_branches = CASE WHEN pr.open_branches = s.n THEN -1 ELSE pr.open_branches - s.n END,
            lease_owner = CASE WHEN pr.open_branches = s.n THEN s.owner END,
            lease_expires_at = CASE WHEN pr.open_branches = s.n THEN now() + make_interval(secs => s.lease_ttl) END,
            fencing_token = pr.fencing_token + CASE WHEN pr.open_branches = s.n THEN 1 ELSE 0 END
@@ -38,7 +40,13 @@ JOIN_WHEN_LAST = """, j AS (
  RETURNING pr.pid, pr.fencing_token, pr.open_branches
 )"""
 """Appended to a statement whose CTE `b` returns (pid, owner, lease_ttl) per branch it stopped: `j` returns the
-processes touched, with `open_branches` 0 for those this statement claimed for `owner` to join (migration 0004)."""
+processes touched, with `open_branches` -1 for those this statement claimed for `owner` to join (migration 0004).
+
+-1 marks the fork *closed*: every branch stopped, the join (or the settling) not yet written. It stays until the
+process's next fenced write (the join row, a step row, `settle_fork`) clears it, so that a run that takes the process
+over from a holder that died before joining joins from the rows too (`Claim.closing`), instead of reaching the fork
+afresh and running a failed branch again. A resume of the settled fork (a retry) finds it cleared: the failed
+branches are dispatched again."""
 
 _DETACH = """
 WITH p AS (
@@ -46,15 +54,18 @@ WITH p AS (
            open_branches = cardinality($3::varchar[])
      WHERE pid = $1 AND fencing_token = $2 AND last_status = 'running'
  RETURNING pid
+), g AS (
+    SELECT * FROM unnest($3::varchar[], $7::int[]) WITH ORDINALITY AS t(path, grp, ord)
 ), b AS (
     INSERT INTO process_branches (pid, path, queue, actor, run_by)
-    SELECT p.pid, unnest($3::varchar[]), $4, $5, $6 FROM p
+    SELECT p.pid, g.path, $4, $5, $6 FROM p, g
         ON CONFLICT (pid, path) DO UPDATE
        SET status = 'dispatched', fencing_token = process_branches.fencing_token + 1, lease_owner = NULL,
            lease_expires_at = NULL, queue = excluded.queue, actor = excluded.actor, run_by = excluded.run_by,
            modified_at = now()
 ), o AS (
-    INSERT INTO outbox (queue, actor, pid, run_by, branch) SELECT $4, $5, p.pid, $6, unnest($3::varchar[]) FROM p
+    INSERT INTO outbox (queue, actor, pid, run_by, branches)
+    SELECT $4, $5, p.pid, $6, array_agg(g.path ORDER BY g.ord) FROM p, g GROUP BY p.pid, g.grp
 )
 SELECT count(*) FROM p
 """
@@ -62,20 +73,32 @@ SELECT count(*) FROM p
 _OWN_ROWS = " AND (s.branch IS NULL OR s.branch = c.path OR left(s.branch, length(c.path) + 1) = c.path || '/')"
 """A branch claim loads the workflow's own rows and its branch's (with nested ones), not its siblings'."""
 
+# Each request (a batch message's branches, in branch order) claims at most `k` of its branches that are still
+# `dispatched`, skipping rows another statement holds (a concurrent duplicate claims them, or the sweeper or an
+# abort is changing them); the rows it locks but leaves (over `k`) stay `dispatched` for the message that sends them.
 _CLAIM = """
 WITH i AS (
-    SELECT * FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::float8[]) AS t(pid, path, owner, lease_ttl)
+    SELECT * FROM unnest($1::int[], $2::uuid[], $3::varchar[]) WITH ORDINALITY AS t(req, pid, path, ord)
+), r AS (
+    SELECT * FROM unnest($4::int[], $5::int[]) AS t(req, k)
 ), paused AS (
     SELECT coalesce((SELECT bool_or(global_lock) FROM engine_settings), false) AS on
+), x AS (
+    SELECT b.pid, b.path, i.req, i.ord FROM process_branches b JOIN i ON b.pid = i.pid AND b.path = i.path
+     WHERE b.status = 'dispatched'
+       AND EXISTS (SELECT 1 FROM processes p WHERE p.pid = b.pid AND p.last_status = 'running')
+       FOR UPDATE OF b SKIP LOCKED
+), y AS (
+    SELECT n.pid, n.path FROM (SELECT x.*, row_number() OVER (PARTITION BY x.req ORDER BY x.ord) AS n FROM x) n
+      JOIN r ON r.req = n.req WHERE n.n <= r.k
 ), b AS (
     UPDATE process_branches b
        SET status = CASE WHEN paused.on THEN 'paused' ELSE 'running' END,
-           lease_owner = CASE WHEN paused.on THEN NULL ELSE i.owner END,
-           lease_expires_at = CASE WHEN paused.on THEN NULL ELSE now() + make_interval(secs => i.lease_ttl) END,
+           lease_owner = CASE WHEN paused.on THEN NULL ELSE $6 END,
+           lease_expires_at = CASE WHEN paused.on THEN NULL ELSE now() + make_interval(secs => $7) END,
            fencing_token = b.fencing_token + 1, modified_at = now()
-      FROM i, paused
-     WHERE b.pid = i.pid AND b.path = i.path AND b.status = 'dispatched'
-       AND EXISTS (SELECT 1 FROM processes p WHERE p.pid = b.pid AND p.last_status = 'running')
+      FROM y, paused
+     WHERE b.pid = y.pid AND b.path = y.path
  RETURNING b.pid, b.path, b.fencing_token, b.status
 ), c AS (
     SELECT b.pid, b.path, p.workflow_id, b.fencing_token, p.is_task, p.created_by,
@@ -92,7 +115,7 @@ WITH i AS (
       FROM i WHERE b.pid = i.pid AND b.path = i.path AND b.fencing_token = i.token AND b.status = 'running'
  RETURNING b.pid, $4::varchar AS owner, $5::float8 AS lease_ttl
 ){JOIN_WHEN_LAST}
-SELECT pid, fencing_token FROM j WHERE open_branches = 0
+SELECT pid, fencing_token FROM j WHERE open_branches < 0
 """
 
 _LOAD = """
@@ -113,8 +136,11 @@ INSERT INTO outbox (queue, actor, pid, run_by, branch) SELECT queue, actor, pid,
 """
 
 _RESEND = """
-INSERT INTO outbox (queue, actor, pid, run_by, branch)
-SELECT queue, actor, pid, run_by, path FROM process_branches WHERE pid = $1 AND path = $2 AND status = 'dispatched'
+INSERT INTO outbox (queue, actor, pid, run_by, branches)
+SELECT b.queue, b.actor, b.pid, b.run_by, array_agg(b.path ORDER BY t.ord)
+  FROM process_branches b JOIN unnest($2::varchar[]) WITH ORDINALITY AS t(path, ord) ON t.path = b.path
+ WHERE b.pid = $1 AND b.status = 'dispatched'
+ GROUP BY b.queue, b.actor, b.pid, b.run_by
 """
 
 _RENEW = """
@@ -146,7 +172,8 @@ INSERT INTO outbox (queue, actor, pid, run_by, branch) SELECT queue, actor, pid,
 
 class _ClaimRequest(NamedTuple):
     pid: UUID
-    path: str
+    paths: tuple[str, ...]
+    limit: int
     owner: str
     lease_ttl: float
 
@@ -170,27 +197,43 @@ class BranchClaims:
         self.events.publish({}, channel=OUTBOX_CHANNEL)
 
     async def detach_fork(
-        self, *, pid: UUID, token: int, paths: Sequence[str], queue: str, actor: str, run_by: str
+        self, *, pid: UUID, token: int, batches: Sequence[Sequence[str]], queue: str, actor: str, run_by: str
     ) -> bool:
-        """Let the process go (it stays `running`) and dispatch each branch; False when the claim was lost."""
-        detached = bool(await self.pool.fetchval(_DETACH, pid, token, list(paths), queue, actor, run_by))
+        """Let the process go (it stays `running`) and dispatch its branches, one message per batch (a batch: paths in
+        branch order, claimed together by the worker that gets it); False when the claim was lost."""
+        paths = [path for batch in batches for path in batch]
+        groups = [n for n, batch in enumerate(batches) for _ in batch]
+        detached = bool(await self.pool.fetchval(_DETACH, pid, token, paths, queue, actor, run_by, groups))
         if detached:
             self._notify_relays()
         return detached
 
-    async def claim(self, pid: UUID, path: str, *, owner: str, lease_ttl: float) -> Claim | None:
-        """Claim the branch `path` of the process for `owner`; None for a duplicate, stale or parked message."""
-        return await self._claims.submit(_ClaimRequest(pid, path, owner, lease_ttl))
+    async def claim(self, pid: UUID, paths: Sequence[str], *, limit: int, owner: str, lease_ttl: float) -> list[Claim]:
+        """Claim for `owner` up to `limit` of these branches of the process that still wait for a worker (first in
+        the order given); none for a duplicate, stale or parked message."""
+        return await self._claims.submit(_ClaimRequest(pid, tuple(paths), limit, owner, lease_ttl))
 
-    async def _claim_many(self, requests: list[_ClaimRequest]) -> list[Claim | None]:
-        first = list({(r.pid, r.path): r for r in reversed(requests)}.values())
-        columns = [[getattr(r, name) for r in first] for name in _ClaimRequest._fields]
-        rows = {(row["pid"], row["path"]): row for row in await self.pool.fetch(_CLAIM, *columns)}
-        tried = {id(r) for r in first}
-        return [
-            claim_of(rows[(r.pid, r.path)], branch=r.path) if id(r) in tried and (r.pid, r.path) in rows else None
-            for r in requests
-        ]
+    async def _claim_many(self, requests: list[_ClaimRequest]) -> list[list[Claim]]:
+        taken: dict[tuple[UUID, str], int] = {}  # a branch named by two requests of the batch: the first's
+        for n, request in enumerate(requests):
+            for path in request.paths:
+                taken.setdefault((request.pid, path), n)
+        owner, ttl = requests[0].owner, requests[0].lease_ttl  # one runner per store: the same for all
+        rows = await self.pool.fetch(
+            _CLAIM,
+            list(taken.values()),
+            [pid for pid, _ in taken],
+            [path for _, path in taken],
+            list(range(len(requests))),
+            [r.limit for r in requests],
+            owner,
+            ttl,
+        )
+        claimed: list[list[Claim]] = [[] for _ in requests]
+        order = {key: n for n, key in enumerate(taken)}
+        for row in sorted(rows, key=lambda row: order[(row["pid"], row["path"])]):
+            claimed[taken[(row["pid"], row["path"])]].append(claim_of(row, branch=row["path"]))
+        return claimed
 
     async def stop(self, claim: Claim, *, owner: str, lease_ttl: float) -> Claim | None:
         """Stop the branch `claim` holds; the claim of its process when this was the fork's last open branch."""
@@ -217,9 +260,10 @@ class BranchClaims:
         if not paused:
             self._notify_relays()
 
-    async def resend(self, pid: UUID, path: str) -> None:
-        """Send the branch's message again (a worker handing a delivery back), if it still waits for one."""
-        await self.pool.execute(_RESEND, pid, path)
+    async def resend(self, pid: UUID, paths: Sequence[str]) -> None:
+        """Send these branches again, in one message, those that still wait for a worker (a worker handing back a
+        delivery, or the part of a batch it had no free run slots for)."""
+        await self.pool.execute(_RESEND, pid, list(paths))
         self._notify_relays()
 
     async def renew(self, owner: str, lease_ttl: float) -> None:

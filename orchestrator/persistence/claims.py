@@ -47,7 +47,7 @@ WITH i AS (
      WHERE p.pid = i.pid AND p.last_status = ANY(string_to_array(i.claimable, ','))
        AND (p.last_status <> 'running' OR p.lease_expires_at < now())
        AND NOT coalesce((SELECT bool_or(global_lock) FROM engine_settings), false)
- RETURNING p.pid, p.workflow_id, p.fencing_token, p.is_task, p.created_by, p.run_by
+ RETURNING p.pid, p.workflow_id, p.fencing_token, p.is_task, p.created_by, p.run_by, p.open_branches < 0 AS closing
 )""" + CLAIM_LOAD.format(only="")
 
 # Renewal never waits for a row lock: a row locked right now is being written by a batch of step writes or
@@ -112,4 +112,5 @@ def claim_of(row: Any, *, branch: str | None = None) -> Claim:
         initial_state=row["initial_state"],
         pending_input=row["pending_input"],
         branch=branch,
+        closing=bool(row.get("closing")),
     )

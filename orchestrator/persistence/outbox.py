@@ -33,7 +33,7 @@ INSERT INTO outbox (queue, actor, pid, run_by) SELECT $1, $2, $3, $4 WHERE NOT E
 # back if it rolls back.
 _TAKE = """
 DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-RETURNING id, queue, actor, pid, run_by, branch
+RETURNING id, queue, actor, pid, run_by, branch, branches
 """
 
 
@@ -44,7 +44,16 @@ class OutboxRow(NamedTuple):
     pid: UUID
     run_by: str
     branch: str | None
-    """A branch message's branch (`persistence/branch_claims.py`); None for a process's dispatch."""
+    """A single-branch message's branch (`persistence/branch_claims.py`); None for a process's dispatch."""
+    branches: list[str] | None
+    """A batch message's branches (several branches of one fork, claimed together); None otherwise."""
+
+    @property
+    def args(self) -> list[object]:
+        """The message's arguments: `(process_id, user)`, or `(process_id, branch or [branch, ...])`."""
+        if self.branches is not None:
+            return [str(self.pid), list(self.branches)]
+        return [str(self.pid), self.run_by if self.branch is None else self.branch]
 
 
 class OutboxStatements(Statements):

@@ -74,6 +74,9 @@ class Claim:
     branch: str | None = None
     """Distributed mode: the branch of the process's fork in flight this claim holds (`process_branches`); its
     `token` is then the branch's fencing token, and its `rows` are the workflow's own and that branch's."""
+    closing: bool = False
+    """Distributed mode: the process's fork in flight is closed (every branch stopped) and not joined yet: its holder
+    died before joining; this run joins (or settles) it from the branches' rows (`branch_claims.JOIN_WHEN_LAST`)."""
 
 
 @dataclass(frozen=True)

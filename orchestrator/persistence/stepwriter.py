@@ -76,7 +76,8 @@ WITH i AS (
        SET last_status = i.process_status, last_step = i.step_name, assignee = i.assignee,
            failed_reason = i.failed_reason, traceback = i.traceback, last_modified_at = now(),
            lease_owner = CASE WHEN i.process_status = 'running' THEN pr.lease_owner END,
-           lease_expires_at = CASE WHEN i.process_status = 'running' THEN pr.lease_expires_at END
+           lease_expires_at = CASE WHEN i.process_status = 'running' THEN pr.lease_expires_at END,
+           open_branches = greatest(pr.open_branches, 0)
       FROM (SELECT DISTINCT ON (pid, token) * FROM i WHERE fence IS NULL ORDER BY pid, token, ord DESC) i
      WHERE pr.pid = i.pid AND pr.fencing_token = i.token AND pr.last_status = 'running'
  RETURNING pr.pid, i.token
@@ -108,7 +109,7 @@ WITH i AS (
      WHERE s.stepid = ok.replace_id AND s.pid = ok.pid
 ), timer AS (
     INSERT INTO process_timers (pid, due_at, kind, attempt)
-    SELECT ok.pid, ok.wake_at, ok.timer_kind, ok.attempt FROM ok WHERE ok.wake_at IS NOT NULL AND ok.fence IS NULL
+    SELECT ok.pid, ok.wake_at, ok.timer_kind, ok.attempt FROM ok WHERE ok.wake_at IS NOT NULL AND ok.branch IS NULL
         ON CONFLICT (pid) DO UPDATE SET due_at = excluded.due_at, kind = excluded.kind, attempt = excluded.attempt
 ), hist AS (
     INSERT INTO step_duration_counts AS c (shard, bucket, n, seconds)
@@ -118,8 +119,8 @@ WITH i AS (
         ON CONFLICT (shard, bucket) DO UPDATE SET n = c.n + excluded.n, seconds = c.seconds + excluded.seconds
 )
 SELECT (SELECT coalesce(array_agg(stepid), '{{}}') FROM ok) AS ok,
-       (SELECT coalesce(array_agg(pid ORDER BY pid), '{{}}') FROM j WHERE open_branches = 0) AS joined,
-       (SELECT coalesce(array_agg(fencing_token ORDER BY pid), '{{}}') FROM j WHERE open_branches = 0)
+       (SELECT coalesce(array_agg(pid ORDER BY pid), '{{}}') FROM j WHERE open_branches < 0) AS joined,
+       (SELECT coalesce(array_agg(fencing_token ORDER BY pid), '{{}}') FROM j WHERE open_branches < 0)
            AS joined_tokens,
        coalesce((SELECT bool_or(global_lock) FROM engine_settings), false) AS locked
 """
@@ -162,7 +163,7 @@ class StepWriter:
             if o.stepid in accepted:
                 event = {"pid": str(o.pid), "status": o.process_status, "step": o.step_name}
                 self.events.publish({**event, "branch": o.branch} if o.branch else event)
-                if o.wake_at is not None:
+                if o.wake_at is not None and o.branch is None:  # a branch's: set when its fork settles
                     self.events.publish({"due": o.wake_at.timestamp()}, channel=TIMERS_CHANNEL)
         joined = dict(zip(row["joined"], row["joined_tokens"], strict=True))
         written = []

@@ -30,6 +30,7 @@ from orchestrator.dsl.workflow import Workflow
 from orchestrator.exceptions import ClaimLostError
 from orchestrator.persistence.records import Claim, StepRow
 from orchestrator.persistence.store import Store
+from orchestrator.runtime.retries import stored_wake
 
 WAITING = (StepStatus.SUSPEND, StepStatus.AWAITING_CALLBACK)
 
@@ -277,6 +278,7 @@ async def settle(run: ForkRun, result: Unjoined) -> ProcessStatus:
         reason = str(result.outcome.state.get("error", ""))
         exc = result.outcome.exception
         trace = "".join(tb.format_exception(exc)) if exc is not None else None
+    wake = stored_wake(result.outcome.state) if status is ProcessStatus.WAITING else None
     settled = await run.engine.store.settle_fork(
         pid=run.claim.pid,
         token=run.claim.token,
@@ -285,6 +287,9 @@ async def settle(run: ForkRun, result: Unjoined) -> ProcessStatus:
         assignee=assignee,
         failed_reason=reason,
         traceback=trace,
+        wake_at=wake.at if wake else None,
+        timer_kind=wake.kind if wake else None,
+        attempt=wake.attempt if wake else 0,
     )
     if not settled:
         raise ClaimLostError(run.claim.pid)

@@ -90,9 +90,10 @@ class Engine:
         self, claim: Claim, *, stopping: Callable[[], bool], redispatch: Redispatch, closing: bool = False
     ) -> ProcessStatus | None:
         """Run the claimed process until it suspends, ends, fails or must stop; return its status (None: lost).
-        `closing`: the claim was handed over by the last branch of the fork in flight, which joins from its rows."""
+        `closing`: the claim was handed over by the last branch of the fork in flight, which joins from its rows (or
+        the fork was closed and its holder died before joining: `claim.closing`)."""
         run = _Run(self, claim, stopping, redispatch)
-        run.closing = closing
+        run.closing = closing or claim.closing
         log = logger.bind(process_id=str(claim.pid), workflow=claim.workflow_name)
         try:
             # Lines logged during the run by layers that know no process (the DSL's "step failed", the steps'

@@ -126,8 +126,7 @@ class OutboxRelay:
             messages = []
             for row in rows:
                 try:
-                    args = [str(row.pid), row.run_by] if row.branch is None else [str(row.pid), row.branch]
-                    body = encode_message(row.queue, row.actor, args)
+                    body = encode_message(row.queue, row.actor, row.args)
                 except ValueError as exc:  # an invalid queue name can never be consumed: drop it, loudly
                     log.error("outbox.row_dropped", id=row.id, queue=row.queue, pid=str(row.pid), error=str(exc))
                     continue

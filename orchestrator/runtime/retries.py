@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from orchestrator.dsl.results import Failed, Process, Waiting
-from orchestrator.dsl.sleep import WAKE_AT
+from orchestrator.dsl.sleep import SLEEP_UNTIL, WAKE_AT
 from orchestrator.dsl.steps import Step
 from orchestrator.dsl.types import State, StepStatus
 
@@ -54,3 +54,15 @@ def next_wake(step: Step, result: Process, previous: PreviousRow | None) -> tupl
         state = {**result.state, "attempt": attempt, "next_attempt_at": at.isoformat()}
         return Waiting(state, result.exception), Wake(at, "retry", attempt)
     return Failed({**result.state, "attempt": attempt}, result.exception), None
+
+
+def stored_wake(state: State) -> Wake | None:
+    """The timer of a stored `waiting` row, from its state: a retry policy's next attempt, or a sleep's end (a
+    waiting branch's row: its fork settles the process `waiting` with this timer)."""
+    retry_at, sleep_until = state.get("next_attempt_at"), state.get(SLEEP_UNTIL)
+    if isinstance(retry_at, str):
+        attempt = state.get("attempt", 1)
+        return Wake(datetime.fromisoformat(retry_at), "retry", attempt if isinstance(attempt, int) else 1)
+    if isinstance(sleep_until, str):
+        return Wake(datetime.fromisoformat(sleep_until), "sleep")
+    return None

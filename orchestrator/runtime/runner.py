@@ -105,17 +105,18 @@ class Runner:
         """Hold a claim made with `lease()`: from now on its lease is renewed."""
         self.active.add(claim.pid)
 
-    async def claim_branch(self, pid: UUID, path: str) -> Claim | None:
-        """Claim one branch of a process's fork in flight (compare-and-set); None for a duplicate or stale message,
-        or while stopping."""
+    async def claim_branches(self, pid: UUID, paths: Sequence[str], limit: int) -> list[Claim]:
+        """Claim up to `limit` of these branches of a process's fork in flight (compare-and-set on each); none for a
+        duplicate or stale message, or while stopping."""
         if self.stopping:
-            return None
-        claim = await self.store.branch_claims.claim(pid, path, owner=self.owner_id, lease_ttl=self.engine.lease_ttl)
-        if claim is None:
+            return []
+        claims = await self.store.branch_claims.claim(
+            pid, paths, limit=limit, owner=self.owner_id, lease_ttl=self.engine.lease_ttl
+        )
+        if not claims:
             logger.info("branch not claimed: duplicate or stale message, or the engine is paused", process_id=str(pid))
-            return None
-        self.branches += 1
-        return claim
+        self.branches += len(claims)
+        return claims
 
     async def run_claimed(self, claim: Claim, *, closing: bool = False) -> ProcessStatus | None:
         """Run a process (or a branch) this runner has claimed; its lease is kept alive until the run ends. A

@@ -167,8 +167,9 @@ async def resume_workflow(process_id: str, user: str | None = None) -> None:
 
 
 @dramatiq.actor(actor_name="run_branch", queue_name=settings.WORKFLOWS_QUEUE, **_options)
-async def run_branch(process_id: str, branch: str) -> None:
-    """One branch of a fork in flight (distributed branches; sent to the process's queue, found by name)."""
+async def run_branch(process_id: str, branch: str | list[str]) -> None:
+    """A batch of branches of a fork in flight, or one (distributed branches; sent to the process's queue, found by
+    name)."""
     if _runtime is None:
         raise RuntimeError("no worker runtime: run the actors under `dramatiq orchestrator.actors`")
     await _runtime.deliver_branch(process_id, branch)

@@ -178,37 +178,54 @@ class WorkerRuntime:
             log.error("message dropped: process_id is not a UUID")
             return
         await self._deliver(
-            lambda: self._runner().claim(pid, kind, user),
+            lambda _free: self._claim_process(pid, kind, user),
             lambda reason: self._hand_back(pid, kind, user, log, reason=reason),
             log,
             self._run_slots,
         )
 
-    async def deliver_branch(self, process_id: Any, path: Any) -> None:
-        """Handle one branch message (`runtime/spread.py`) as `deliver` handles a process's."""
-        log = logger.bind(process_id=str(process_id), branch=str(path))
+    async def _claim_process(self, pid: UUID, kind: RunKind, user: str | None) -> list[Claim]:
+        claim = await self._runner().claim(pid, kind, user)
+        return [] if claim is None else [claim]
+
+    async def deliver_branch(self, process_id: Any, paths: Any) -> None:
+        """Handle one branch message (`runtime/spread.py`): a batch of branches (or one), claimed together, as many
+        as there are free branch slots; the rest is sent again as one message."""
+        log = logger.bind(process_id=str(process_id), branch=str(paths))
         try:
             pid = UUID(str(process_id))
         except ValueError:
             log.error("message dropped: process_id is not a UUID")
             return
-        if not isinstance(path, str) or not path:
-            log.error("message dropped: the branch is not a non-empty string")
+        batch = [paths] if isinstance(paths, str) else paths
+        if not isinstance(batch, list) or not batch or not all(isinstance(p, str) and p for p in batch):
+            log.error("message dropped: the branches are not non-empty strings")
             return
         await self._deliver(
-            lambda: self._runner().claim_branch(pid, path),
-            lambda reason: self._hand_back_branch(pid, path, log, reason=reason),
+            lambda free: self._claim_branches(pid, batch, free, log),
+            lambda reason: self._hand_back_branches(pid, batch, log, reason=reason),
             log,
             self._branch_slots,
+            want=len(batch),
         )
+
+    async def _claim_branches(self, pid: UUID, batch: list[str], free: int, log: Any) -> list[Claim]:
+        claims = await self._runner().claim_branches(pid, batch, free)
+        if free < len(batch):  # no slot for the rest: another worker (or this one, later) takes it
+            await self._hand_back_branches(pid, batch, log, reason="no free slot for the whole batch")
+        return claims
 
     async def _deliver(
         self,
-        claim: Callable[[], Awaitable[Claim | None]],
+        claim: Callable[[int], Awaitable[list[Claim]]],
         hand_back: Callable[[str], Awaitable[None]],
         log: Any,
         slots: _Slots,
+        *,
+        want: int = 1,
     ) -> None:
+        """Wait for the worker and a free slot, take up to `want` slots, claim (at most that many), start a run per
+        claim; slots left unused are released."""
         deadline = time.monotonic() + self.delivery_wait
         if not await self._wait(self._ready_or_stopping, self._ready, deadline) or not self._ready.is_set():
             log.warning(
@@ -218,31 +235,33 @@ class WorkerRuntime:
         if not await self._wait(lambda: slots.free > 0 or self._stopping, slots.freed, deadline) or self._stopping:
             await hand_back("shutdown" if self._stopping else "no free slot")
             return
-        slots.free -= 1
-        started = False
+        taken = min(slots.free, want)
+        slots.free -= taken
+        started = 0
         try:
-            started = await self._claim_and_start(claim, log, slots)
+            started = await self._claim_and_start(claim, taken, log, slots)
         except Exception:
             log.exception("claim failed; the sweeper dispatches the process again")
         finally:
-            if not started:
+            for _ in range(taken - started):
                 slots.release()
 
     def _runner(self) -> Runner:
         assert self.runner is not None  # set before the runtime is ready
         return self.runner
 
-    async def _claim_and_start(self, take: Callable[[], Awaitable[Claim | None]], log: Any, slots: _Slots) -> bool:
+    async def _claim_and_start(
+        self, take: Callable[[int], Awaitable[list[Claim]]], free: int, log: Any, slots: _Slots
+    ) -> int:
         runner = self.runner
         assert runner is not None
-        claim = await take()
-        if claim is None:
-            return False
-        task = asyncio.create_task(self._run(claim, slots), name=f"run-{claim.pid}")
-        self._runs.add(task)
-        task.add_done_callback(self._runs.discard)
-        log.info("claimed", worker=runner.owner_id, token=claim.token, branch=claim.branch)
-        return True
+        claims = await take(free)
+        for claim in claims:
+            task = asyncio.create_task(self._run(claim, slots), name=f"run-{claim.pid}")
+            self._runs.add(task)
+            task.add_done_callback(self._runs.discard)
+            log.info("claimed", worker=runner.owner_id, token=claim.token, branch=claim.branch)
+        return len(claims)
 
     async def _run(self, claim: Claim, slots: _Slots) -> None:
         runner = self.runner
@@ -269,9 +288,9 @@ class WorkerRuntime:
         except Exception:
             log.exception("hand-back failed; the sweeper dispatches the process again", reason=reason)
 
-    async def _hand_back_branch(self, pid: UUID, path: str, log: Any, *, reason: str) -> None:
+    async def _hand_back_branches(self, pid: UUID, paths: list[str], log: Any, *, reason: str) -> None:
         try:
-            await self.executor.engine.store.branch_claims.resend(pid, path)
+            await self.executor.engine.store.branch_claims.resend(pid, paths)
             log.info("branch message handed back through the outbox", reason=reason)
         except Exception:
             log.exception("hand-back failed; the sweeper dispatches the branch again", reason=reason)

@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from orchestrator import State, Target, done, init, map_parallel, parallel, step
+from orchestrator import RetryPolicy, State, Target, done, init, map_parallel, parallel, step
 from orchestrator.dsl.workflow import Workflow, WorkflowRegistry
 
 GATE_TIMEOUT_SECONDS = 120.0
@@ -87,4 +87,21 @@ DQ_GATED_FAN = Workflow(
 )
 """Three branches held in their gated step until the test opens the gate."""
 
-REGISTRY = WorkflowRegistry({wf.name: wf for wf in (DQ_GATED, DQ_FORK, DQ_PAIR, DQ_FLAKY, DQ_GATED_FAN)})
+
+@step("Flaky once", retry=RetryPolicy(max_attempts=3, initial_interval=0.2))
+def flaky_once() -> State:
+    gate = Path(os.environ["DQ_GATE"])
+    if not gate.exists():
+        gate.touch()
+        raise RuntimeError("the first attempt fails")
+    return {"flaky": "ok"}
+
+
+DQ_RETRYING = Workflow(
+    name="dq_retrying",
+    steps=init >> parallel("Retrying", quick_branch, flaky_once >> after_gate) >> done,
+    target=Target.CREATE,
+)
+"""A branch whose first step fails once and has a retry policy (its second attempt passes: DQ_GATE is created)."""
+
+REGISTRY = WorkflowRegistry({wf.name: wf for wf in (DQ_GATED, DQ_FORK, DQ_PAIR, DQ_FLAKY, DQ_GATED_FAN, DQ_RETRYING)})

@@ -12,9 +12,11 @@ from typing import Any
 from uuid import UUID
 
 from dq_support import Queues, Worker
+from support import http
 from support.waiting import wait_status, wait_until
 
 from orchestrator import services
+from orchestrator.http import create_app
 from orchestrator.runtime.orchestrator import Orchestrator
 
 Api = Callable[..., Awaitable[Orchestrator]]
@@ -191,18 +193,25 @@ async def test_a_duplicate_branch_message_runs_nothing_twice(
     pid = await services.start_process("dq_gated_fan", [{}], orchestrator=orch)
     await wait_until(all_in(orch, pid, "running", 3), 30, "every branch to run its gated step")
     await _duplicate_branch_messages(orch, pid)
-    await wait_until(lambda: _logged(worker, "branch not claimed", 3), 30, "the duplicates to be dropped")
+    await wait_until(lambda: _logged(worker, "branch not claimed", 4), 30, "the duplicates to be dropped")
     gate.touch()
     await assert_fan_completed_once(orch, pid)
     await _duplicate_branch_messages(orch, pid)  # and once the fork has joined
-    await wait_until(lambda: _logged(worker, "branch not claimed", 6), 30, "the late duplicates to be dropped")
+    await wait_until(lambda: _logged(worker, "branch not claimed", 8), 30, "the late duplicates to be dropped")
     await assert_fan_completed_once(orch, pid)
 
 
 async def _duplicate_branch_messages(orch: Orchestrator, pid: UUID) -> None:
+    """One message per branch (as the sweeper sends), and one batch of all of them (as the fork sends)."""
     await orch.store.pool.execute(
         """INSERT INTO outbox (queue, actor, pid, run_by, branch)
            SELECT queue, actor, pid, run_by, path FROM process_branches WHERE pid = $1""",
+        pid,
+    )
+    await orch.store.pool.execute(
+        """INSERT INTO outbox (queue, actor, pid, run_by, branches)
+           SELECT queue, actor, pid, run_by, array_agg(path ORDER BY path) FROM process_branches WHERE pid = $1
+            GROUP BY queue, actor, pid, run_by""",
         pid,
     )
     orch.executor.wake()  # type: ignore[attr-defined]
@@ -267,3 +276,103 @@ async def test_sigkill_mid_branch_reruns_only_the_interrupted_step(
         assert logged[-2:] == [(None, "Fork"), (None, "Done")]  # the join once, after every branch step
     state = (await services.get_process(pids[0], orchestrator=orch))["current_state"]
     assert (state["quick"], state["gated"], state["after_gate"]) == (True, True, True)
+
+
+async def test_a_holder_dying_before_the_join_leaves_a_failed_branch_failed(
+    api: Api, spawn: Spawn, queues: Queues, gate: Path, monkeypatch: Any
+) -> None:
+    """The worker that takes the process from the fork's last branch dies before it joins: the run that takes the
+    process over joins from the rows (the process fails with the branch's reason, the failed step is not run
+    again), and a retry then runs only the failed branch."""
+    monkeypatch.setenv("DQ_GATE", str(gate))  # this test process plays the worker that dies: its gate is closed
+    orch = await api()
+    pid = await services.start_process("dq_flaky", [{}], orchestrator=orch)
+    dead, ttl = "dead-worker", orch.engine.lease_ttl
+    claim = await orch.store.claims.claim(pid, statuses=("created",), owner=dead, lease_ttl=ttl, user=None)
+    assert claim is not None
+    await orch.engine.run(claim, stopping=lambda: False, redispatch=orch.executor.resume)  # up to the fork
+    branches = await orch.store.branch_claims.claim(pid, ["Mixed[0]", "Mixed[1]"], limit=2, owner=dead, lease_ttl=ttl)
+    assert [b.branch for b in branches] == ["Mixed[0]", "Mixed[1]"]
+    handed = [await orch.engine.run_branch(b, stopping=lambda: False, owner=dead) for b in branches]
+    assert handed[0] is None and handed[1] is not None  # the last branch's stop handed the process over...
+    failed_row = await orch.store.pool.fetchrow(
+        "SELECT stepid, completed_at FROM process_steps WHERE pid = $1 AND name = 'Flaky'", pid
+    )
+    # ...and its holder dies here, before joining: the lease expires and a worker takes the process over.
+    await spawn(queues.workflows, DQ_GATE=str(gate)).wait_ready(orch)
+    process = await wait_status(orch, pid, timeout=TAKE_OVER)
+    assert process["last_status"] == "failed"
+    assert (process["last_step"], process["failed_reason"]) == ("Flaky", "flaky branch failed: the gate is closed")
+    flaky = await orch.store.pool.fetch(
+        "SELECT stepid, completed_at FROM process_steps WHERE pid = $1 AND name = 'Flaky'", pid
+    )
+    assert [tuple(r) for r in flaky] == [tuple(failed_row)]  # the failed branch did not run again
+    gate.touch()
+    await services.resume_process(pid, [{}], orchestrator=orch)
+    process = await wait_status(orch, pid, timeout=30)
+    assert process["last_status"] == "completed"
+    logged = await steps_of(orch, pid)
+    assert [r for r in logged if r[0] == "Mixed[0]"] == [("Mixed[0]", "Quick branch", "success")]  # ran once
+    assert [r[1:] for r in logged if r[0] == "Mixed[1]"] == [
+        ("Flaky", "failed"),
+        ("Flaky", "success"),
+        ("After gate", "success"),
+    ]
+    assert [r[1] for r in logged if r[0] is None] == ["Start", "Mixed", "Done"]
+
+
+async def test_a_retry_policy_inside_a_branch(api: Api, spawn: Spawn, queues: Queues, gate: Path) -> None:
+    """A branch step with a retry policy fails once: the fork settles `waiting` with the attempt's timer, which
+    continues the process; only that step runs again, and the process completes."""
+    orch = await api()
+    await spawn(queues.workflows, DQ_GATE=str(gate)).wait_ready(orch)
+    pid = await services.start_process("dq_retrying", [{}], orchestrator=orch)
+    process = await wait_status(orch, pid, timeout=30)  # waiting, then (the timer) on to completed
+    if process["last_status"] == "waiting":
+        assert process["last_step"] == "Flaky once"
+        process = await wait_status(orch, pid, {"completed", "failed"}, timeout=30)
+    assert process["last_status"] == "completed", process["failed_reason"]
+    logged = await steps_of(orch, pid)
+    assert [r for r in logged if r[0] == "Retrying[0]"] == [("Retrying[0]", "Quick branch", "success")]
+    assert [r[1:] for r in logged if r[0] == "Retrying[1]"] == [
+        ("Flaky once", "waiting"),
+        ("Flaky once", "success"),
+        ("After gate", "success"),
+    ]
+    assert [r[1] for r in logged if r[0] is None] == ["Start", "Retrying", "Done"]
+
+
+async def test_inputstep_in_a_branch_resumed_over_http(api: Api, spawn: Spawn, queues: Queues) -> None:
+    """PUT /api/processes/{id}/resume of a process waiting in a branch, its branches run by a worker process: the
+    form shown is the first waiting branch's, the resume goes to that branch, the other branch still waits."""
+    orch = await api(WORKFLOW_MODULES=["testflows", "parallelflows"])
+    worker = spawn(queues.workflows, WORKFLOW_MODULES=WITH_PARALLELFLOWS)
+    worker_ids = await worker.wait_ready(orch)
+    async with http.asgi_client(create_app(orchestrator=orch)) as client:
+        pid = await http.start(client, "pf_input")
+        process = await http.wait_status(client, pid, {"suspended"}, timeout=30)
+        assert (process["last_step"], process["assignee"]) == ("Approve", "NOC")
+        assert "approved" in process["form"]["properties"]
+        steps = {(s["name"], s["status"], s.get("branch")) for s in process["steps"]}
+        assert {
+            ("Approve", "suspend", "Ask[0]"),
+            ("Set A", "success", "Ask[1]"),
+            ("Comment", "suspend", "Ask[2]"),
+        } <= steps
+
+        invalid = http.problem(await client.put(f"/api/processes/{pid}/resume", json=[{"approved": "maybe"}]), 400)
+        assert {tuple(e["loc"]) for e in invalid["validation_errors"]} == {("approved",)}
+        response = await client.put(f"/api/processes/{pid}/resume", json=[{"approved": True}])
+        assert response.status_code == 204, response.text
+        process = await http.wait_status(client, pid, {"suspended"}, timeout=30)
+        assert process["last_step"] == "Comment" and "comment" in process["form"]["properties"]
+        response = await client.put(f"/api/processes/{pid}/resume", json=[{"comment": "ok"}])
+        assert response.status_code == 204, response.text
+        process = await http.wait_status(client, pid, timeout=30)
+    assert process["last_status"] == "completed"
+    state = process["current_state"]
+    assert (state["approved"], state["checked"], state["comment"], state["a"]) == (True, True, "ok", 1)
+    logged = await steps_of(orch, UUID(pid))
+    assert [r[1] for r in logged].count("Set A") == 1
+    claimed = [e for e in worker.events("claimed") if e.get("branch")]
+    assert claimed and {e["worker"] for e in claimed} <= set(worker_ids)  # the branches ran in the worker

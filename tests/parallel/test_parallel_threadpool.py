@@ -139,6 +139,19 @@ async def test_failed_branch_is_retried_alone(orch: Orchestrator) -> None:
     assert process["current_state"]["flaky"] == "ok"
 
 
+async def test_retry_policy_inside_a_branch(orch: Orchestrator) -> None:
+    """A branch step's retry policy: the fork settles `waiting` (once its sibling ended) with the attempt's timer,
+    which continues the process; only that step runs again."""
+    pid = await start(orch, "pf_retry_policy")
+    process = await wait_status(orch, pid)
+    if process["last_status"] == "waiting":
+        assert process["last_step"] == "Retried"
+        process = await wait_status(orch, pid, {"completed", "failed"})
+    assert process["last_status"] == "completed", process["failed_reason"]
+    assert RUNS == {"Retried": 2, "Slow sibling": 1}
+    assert (process["current_state"]["retried"], process["current_state"]["slow"]) == (True, True)
+
+
 async def _held(orch: Orchestrator, pid: UUID) -> bool:
     return all(RUNS[f"Held {i}"] == 1 for i in range(3))
 
