@@ -73,6 +73,11 @@ def use_name(name: str, count: int, size: int, nested: dict[str, Any] | None = N
     return {"greeting": f"hello {name} x{count} size {size}"}
 
 
+@workflow("A built-in step between user steps")
+def tf_init_between() -> StepList:
+    return init >> sync_step >> init >> sync_step >> done
+
+
 @workflow("Input", initial_input_form=initial_form, target=Target.MODIFY)
 def tf_input() -> StepList:
     return init >> sync_step >> ask_name >> use_name >> done

@@ -80,6 +80,10 @@ class Step:
     """Set on the step of `parallel`/`map_parallel`: its branches."""
     retry: RetryPolicy | None = None
     """A failure is tried again by the engine, as the policy says (`dsl/retry.py`)."""
+    pure: bool = False
+    """The built-in steps (`init`, `done`, `abort`): the outcome is a function of the state alone, with no side
+    effect and no user code, so running it again after a crash changes nothing. The engine commits such an
+    outcome together with a neighbouring step's (one commit less), never alone."""
 
     async def __call__(self, state: State, ctx: StepContext) -> Process:
         return await self.func(state, ctx)
@@ -329,11 +333,10 @@ def callback_step(
 
 
 def _builtin(name: str, variant: type[Process]) -> StepList:
-    @purestep(name)
-    def builtin(state: State) -> Process:
+    async def builtin(state: State, ctx: StepContext) -> Process:
         return variant(state)
 
-    return StepList([builtin])
+    return StepList([Step(name=name, func=builtin, pure=True)])
 
 
 begin = StepList()

@@ -3,6 +3,9 @@ together, in one statement and one transaction (`groupcommit.py`).
 
 Every guarantee of a single write holds per outcome: each is fenced by its own run's token (a stale run's outcome
 is refused, the others are written), and each run waits until its own outcome is committed before it goes on.
+
+A run may hand over several outcomes of one process as one request (`write(a, b)`): a built-in step's with its
+neighbour's (`Step.pure`). They are written in order, all or none, and the process row takes the last one's status.
 """
 
 from __future__ import annotations
@@ -62,10 +65,12 @@ WITH i AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[],
                          $7::varchar[], $8::varchar[], $9::jsonb[], $10::varchar[], $11::timestamptz[], $12::uuid[],
                          $13::uuid[], $14::varchar[], $15::timestamptz[], $16::varchar[], $17::int[],
-                         $18::varchar[], $19::bool[], $20::varchar[], $21::float8[])
+                         $18::varchar[], $19::bool[], $20::varchar[], $21::float8[]) WITH ORDINALITY
         AS t(pid, token, process_status, step_name, assignee, failed_reason, traceback, step_status, state,
              created_by, started_at, replace_id, stepid, branch, wake_at, timer_kind, attempt, fence, stop, owner,
-             lease_ttl)
+             lease_ttl, ord)
+), ts AS MATERIALIZED (
+    SELECT clock_timestamp() AS t
 ), p AS (
     UPDATE processes pr
        SET last_status = i.process_status, last_step = i.step_name, assignee = i.assignee,
@@ -73,9 +78,9 @@ WITH i AS (
            lease_owner = CASE WHEN i.process_status = 'running' THEN pr.lease_owner END,
            lease_expires_at = CASE WHEN i.process_status = 'running' THEN pr.lease_expires_at END,
            open_branches = greatest(pr.open_branches, 0)
-      FROM i
-     WHERE pr.pid = i.pid AND pr.fencing_token = i.token AND pr.last_status = 'running' AND i.fence IS NULL
- RETURNING pr.pid
+      FROM (SELECT DISTINCT ON (pid, token) * FROM i WHERE fence IS NULL ORDER BY pid, token, ord DESC) i
+     WHERE pr.pid = i.pid AND pr.fencing_token = i.token AND pr.last_status = 'running'
+ RETURNING pr.pid, i.token
 ), fenced AS (
     UPDATE process_branches b
        SET lease_expires_at = CASE WHEN i.stop THEN NULL ELSE b.lease_expires_at END,
@@ -88,18 +93,19 @@ WITH i AS (
 ), b AS (
     SELECT pid, owner, lease_ttl FROM fenced WHERE stop
 ){JOIN_WHEN_LAST}, ok AS (
-    SELECT i.* FROM i JOIN p ON p.pid = i.pid WHERE i.fence IS NULL
+    SELECT i.* FROM i JOIN p ON p.pid = i.pid AND p.token = i.token WHERE i.fence IS NULL
      UNION ALL
     SELECT i.* FROM i JOIN fenced f ON f.stepid = i.stepid
 ), ins AS (
     INSERT INTO process_steps (stepid, pid, name, status, state, created_by, started_at, completed_at, branch)
     SELECT ok.stepid, ok.pid, ok.step_name, ok.step_status, ok.state, ok.created_by,
-           coalesce(ok.started_at, clock_timestamp()), clock_timestamp(), ok.branch
-      FROM ok WHERE ok.replace_id IS NULL
+           coalesce(ok.started_at, ts.t), ts.t, ok.branch
+      FROM ok, ts WHERE ok.replace_id IS NULL
+     ORDER BY ok.ord  -- rows of one statement share completed_at: `seq`, given in this order, orders them
 ), upd AS (
     UPDATE process_steps s
-       SET name = ok.step_name, status = ok.step_status, state = ok.state, completed_at = clock_timestamp()
-      FROM ok
+       SET name = ok.step_name, status = ok.step_status, state = ok.state, completed_at = ts.t
+      FROM ok, ts
      WHERE s.stepid = ok.replace_id AND s.pid = ok.pid
 ), timer AS (
     INSERT INTO process_timers (pid, due_at, kind, attempt)
@@ -108,8 +114,7 @@ WITH i AS (
 ), hist AS (
     INSERT INTO step_duration_counts AS c (shard, bucket, n, seconds)
     SELECT $22, width_bucket(-d.secs, $23::float8[]), count(*), sum(greatest(d.secs, 0))
-      FROM (SELECT extract(epoch FROM clock_timestamp() - coalesce(ok.started_at, clock_timestamp()))::float8 AS secs
-              FROM ok) d
+      FROM (SELECT extract(epoch FROM ts.t - coalesce(ok.started_at, ts.t))::float8 AS secs FROM ok, ts) d
      GROUP BY 2
         ON CONFLICT (shard, bucket) DO UPDATE SET n = c.n + excluded.n, seconds = c.seconds + excluded.seconds
 )
@@ -143,10 +148,12 @@ class StepWriter:
         self._group = GroupCommit(self._write_many, on_alone_failing=_unstorable)
         self._shard = random.randrange(DURATION_SHARDS)
 
-    async def write(self, outcome: StepOutcome) -> Written:
-        return await self._group.submit(outcome)
+    async def write(self, *outcomes: StepOutcome) -> Written:
+        """Write the outcomes (one process's, in order) in one statement, all or none; wait for the commit."""
+        return await self._group.submit(outcomes)
 
-    async def _write_many(self, outcomes: list[StepOutcome]) -> list[Written]:
+    async def _write_many(self, requests: list[tuple[StepOutcome, ...]]) -> list[Written]:
+        outcomes = [o for request in requests for o in request]
         columns = [[getattr(o, name) for o in outcomes] for name in _COLUMNS]
         row = await self.pool.fetchrow(_MANY, *columns, self._shard, NEGATED_BOUNDS)
         assert row is not None
@@ -159,10 +166,12 @@ class StepWriter:
                 if o.wake_at is not None and o.branch is None:  # a branch's: set when its fork settles
                     self.events.publish({"due": o.wake_at.timestamp()}, channel=TIMERS_CHANNEL)
         joined = dict(zip(row["joined"], row["joined_tokens"], strict=True))
-        return [
-            Written(o.stepid in accepted, locked, joined.pop(o.pid, None) if o.stop and o.stepid in accepted else None)
-            for o in outcomes
-        ]
+        written = []
+        for request in requests:
+            ok = all(o.stepid in accepted for o in request)
+            last = request[-1]
+            written.append(Written(ok, locked, joined.pop(last.pid, None) if last.stop and ok else None))
+        return written
 
 
 def _unstorable(exc: Exception) -> Exception:

@@ -168,6 +168,8 @@ class _Run:
         self.logger = logger.bind(process_id=str(claim.pid))
         self.rows: list[StepRow] = []
         self.inflight: list[StepRow] = []
+        self.deferred: list[tuple[StepOutcome, bool]] = []
+        """Outcomes not written yet, to be written with the next one (and whether each is a built-in step's)."""
         self.last: LastRow | None = None
         self._scope(*branches.scope(claim.rows, None))
 
@@ -198,7 +200,7 @@ class _Run:
     def branch_run(self, path: str, own: list[StepRow], inflight: list[StepRow]) -> _Run:
         """A run of one branch of a fork: this run's claim, the branch's own rows."""
         run = copy.copy(self)
-        run.branch, run.pending, run.locked = path, self.pending, False
+        run.branch, run.pending, run.locked, run.deferred = path, self.pending, False, []
         run._scope(own, inflight)
         return run
 
@@ -232,9 +234,12 @@ class _Run:
 
     async def run_steps(self, result: Process, remaining: StepList) -> Process | None:
         """Run `remaining` from `result` until one does not let the next run; None when stopped before a step."""
-        for step in remaining:
+        for index, step in enumerate(remaining):
             if self.locked or self.stopping():
+                await self._flush()
                 return None
+            if step.fork is not None or step.sub_steps:  # they write rows of their own while they run
+                await self._flush()
             state = {**result.state, LAST_STEP_STARTED_AT: time.time()}
             try:
                 result = await step(state, self)
@@ -246,7 +251,9 @@ class _Run:
                 return result
             result, wake = next_wake(step, result, self.last)
             ends = self._ends_branch and (not result.runs_next or step is remaining[-1])
-            result = await self._write(step.name, result, step.assignee, wake, stop=ends)
+            after = remaining[index + 1] if index + 1 < len(remaining) else None
+            defer = wake is None and not ends and result.runs_next and self._may_defer(step, after)
+            result = await self._write(step.name, result, step.assignee, wake, stop=ends, defer=defer, pure=step.pure)
             if not result.runs_next:
                 return result
         return result
@@ -268,8 +275,12 @@ class _Run:
         if last.status in (StepStatus.SUSPEND, StepStatus.AWAITING_CALLBACK):
             # Resuming a suspended or awaiting step: it is logged as a success with the merged input.
             merged = deep_merge(last.state, pending or {})
-            result = await self._write(last.name, Success(merged), Assignee.SYSTEM)
             in_group = STEP_GROUP in last.state
+            # The input step's outcome is the stored state and the stored input: written with the next step's (a
+            # crash before that finds the input pending again). A callback's answer is written at once.
+            after = remaining[1] if len(remaining) > 1 else None
+            defer = last.status == StepStatus.SUSPEND and not in_group and self._may_defer(None, after)
+            result = await self._write(last.name, Success(merged), Assignee.SYSTEM, defer=defer, pure=True)
             return result, remaining if in_group else remaining[1:]
         base = cleared[-1].state if cleared else self.initial_state(wf)
         return Success(deep_merge(base, pending) if pending else dict(base)), remaining
@@ -284,6 +295,19 @@ class _Run:
             )
         )
         return {**defaults, **state}
+
+    def _may_defer(self, step: Step | None, after: Step | None) -> bool:
+        """Whether the outcome of `step` (None: a resumed input step's) may wait to be written with the next one.
+        Every step with user code has its outcome committed before the next step with user code runs: an outcome
+        waits only while the steps that run meanwhile are built-in ones (`Step.pure`: no side effect, the same
+        outcome if run again after a crash), or when it is a built-in step's own (or an input's) and no user step's
+        outcome waits with it. Not in branches (their rows are fenced and settled on their own)."""
+        if self.branch is not None or self.fence is not None:
+            return False
+        if after is not None and after.pure:
+            return True
+        own_is_pure = step is None or step.pure
+        return own_is_pure and after is not None and all(pure for _, pure in self.deferred)
 
     @property
     def _ends_branch(self) -> bool:
@@ -303,19 +327,85 @@ class _Run:
         return result.process_status, str(step_assignee)
 
     async def _write(
-        self, name: str, result: Process, assignee: str, wake: Wake | None = None, *, stop: bool = False
+        self,
+        name: str,
+        result: Process,
+        assignee: str,
+        wake: Wake | None = None,
+        *,
+        stop: bool = False,
+        defer: bool = False,
+        pure: bool = False,
     ) -> Process:
-        """Persist a step outcome (one statement, with the timer `wake` sets); return the result carrying the state
-        as stored. `stop`: the outcome ends this run's branch (distributed mode)."""
+        """Persist a step outcome (one statement, with the timer `wake` sets, and the outcomes deferred before it);
+        return the result carrying the state as stored. `stop`: the outcome ends this run's branch (distributed
+        mode). `defer`: keep it to be written with the next outcome (`_may_defer`); `pure`: it is a built-in
+        step's (or a resumed input step's), which runs no user code."""
         try:
-            return await self._write_once(name, result, assignee, wake, stop=stop)
+            outcome, stored = self._outcome(name, result, assignee, wake, stop=stop)
         except (TypeError, ValueError) as exc:  # a state that cannot be stored fails the step instead
             self.logger.warning("step result could not be stored", step=name, error=str(exc))
             return await self._write_once(name, Failed(error_state(exc), exc), assignee, stop=self._ends_branch)
+        if defer:
+            self.deferred.append((outcome, pure))
+            return stored
+        written = await self._commit(outcome)
+        return stored if written is None else written
+
+    async def _flush(self) -> None:
+        """Write the deferred outcomes now (before a stop, or a step that writes rows of its own)."""
+        if self.deferred:
+            last, _ = self.deferred.pop()
+            await self._commit(last)
+
+    async def _commit(self, outcome: StepOutcome) -> Process | None:
+        """Write the deferred outcomes and `outcome` in one statement. None: written; a Failed result: one of
+        them could not be stored (found by writing them one at a time), and that step failed instead."""
+        batch = [o for o, _ in self.deferred] + [outcome]
+        self.deferred = []
+        try:
+            await self._store(*batch)
+            return None
+        except (TypeError, ValueError) as exc:
+            if len(batch) == 1:
+                return await self._failed_instead(outcome, exc)
+        for one in batch:  # find the one that cannot be stored; those before it are written
+            try:
+                await self._store(one)
+            except (TypeError, ValueError) as exc:
+                return await self._failed_instead(one, exc)
+        return None
+
+    async def _failed_instead(self, outcome: StepOutcome, exc: Exception) -> Process:
+        """A state that cannot be stored fails its step instead."""
+        self.logger.warning("step result could not be stored", step=outcome.step_name, error=str(exc))
+        return await self._write_once(
+            outcome.step_name, Failed(error_state(exc), exc), outcome.assignee, stop=self._ends_branch
+        )
+
+    async def _store(self, *outcomes: StepOutcome) -> None:
+        written = await self.store.steps.write(*outcomes)
+        if not written.accepted:
+            raise ClaimLostError(self.claim.pid)
+        self.locked = written.engine_locked
+        self.stopped = self.stopped or outcomes[-1].stop
+        self.joined_token = written.joined_token
 
     async def _write_once(
         self, name: str, result: Process, assignee: str, wake: Wake | None = None, *, stop: bool = False
     ) -> Process:
+        """Write an outcome with the deferred ones, without looking for one that cannot be stored."""
+        outcome, stored = self._outcome(name, result, assignee, wake, stop=stop)
+        batch = [o for o, _ in self.deferred] + [outcome]
+        self.deferred = []
+        await self._store(*batch)
+        return stored
+
+    def _outcome(
+        self, name: str, result: Process, assignee: str, wake: Wake | None = None, *, stop: bool = False
+    ) -> tuple[StepOutcome, Process]:
+        """The outcome to write for a step's result, and the result carrying the state as it will be stored; the
+        run remembers it as its last row."""
         state = dict(result.state)
         name = state.pop(STEP_NAME_OVERRIDE, name)
         replace = bool(state.pop(REPLACE_LAST_STATE, False))
@@ -363,15 +453,8 @@ class _Run:
             timer_kind=wake.kind if wake else None,
             attempt=wake.attempt if wake else 0,
         )
-        written = await self.store.steps.write(outcome)
-        if not written.accepted:
-            raise ClaimLostError(self.claim.pid)
-        self.locked = written.engine_locked
-        self.stopped = self.stopped or stop
-        self.joined_token = written.joined_token
         self.last = LastRow(outcome.stepid, name, status, self.user, state, None)
-        self.logger.debug("step logged", step=name, status=status)
-        return type(result)(state, result.exception)
+        return outcome, type(result)(state, result.exception)
 
     def _same_failure(self, name: str, status: str, state: State) -> bool:
         last = self.last

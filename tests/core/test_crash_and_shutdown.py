@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
@@ -60,6 +61,12 @@ async def status_of(orch: Orchestrator, pid: UUID) -> str:
     return str((await services.get_process(pid, orchestrator=orch))["last_status"])
 
 
+async def in_slow_step(pool: Any, pid: UUID) -> bool:
+    """Claimed and running its first user step: the built-in `Start` before it is written with that step's row."""
+    status = await pool.fetchval("SELECT last_status FROM processes WHERE pid = $1", pid)
+    return status == "running" and await step_rows(pool, pid) == []
+
+
 async def kill_mid_step_and_take_over(
     creator: Orchestrator, spawn: Callable[..., subprocess.Popen[str]], first: subprocess.Popen[str], pids: list[UUID]
 ) -> None:
@@ -67,8 +74,7 @@ async def kill_mid_step_and_take_over(
     pool = creator.store.pool
 
     async def all_in_slow_step() -> bool:
-        rows = [await step_rows(pool, pid) for pid in pids]
-        return all(r == [("Start", "success")] for r in rows)
+        return all([await in_slow_step(pool, pid) for pid in pids])
 
     await wait_until(all_in_slow_step, 15)
     first.send_signal(signal.SIGKILL)
@@ -112,8 +118,7 @@ async def test_sigterm_drains_and_the_next_start_continues(
     pool = creator.store.pool
 
     async def two_in_the_slow_step() -> bool:
-        rows = [await step_rows(pool, pid) for pid in pids]
-        return rows.count([("Start", "success")]) == 2
+        return [await in_slow_step(pool, pid) for pid in pids].count(True) == 2
 
     await wait_until(two_in_the_slow_step, 15)
     first.send_signal(signal.SIGTERM)

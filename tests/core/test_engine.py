@@ -305,9 +305,10 @@ async def test_pause_stops_running_process_before_next_step(
 ) -> None:
     monkeypatch.setenv("TF_SLOW_SECONDS", "0.5")
     pid = await start(orch, "tf_slow")
-    async with asyncio.timeout(5):  # pause while the slow step runs
-        while await step_rows(orch.store.pool, pid) != [("Start", "success")]:
+    async with asyncio.timeout(5):  # pause while the slow step runs (the built-in `Start` is written with it)
+        while await orch.store.pool.fetchval("SELECT last_status FROM processes WHERE pid = $1", pid) != "running":
             await asyncio.sleep(0.005)
+    assert await step_rows(orch.store.pool, pid) == []
     await services.set_engine_lock(True, orchestrator=orch)
     assert (await services.engine_status(orchestrator=orch))["global_status"] in ("PAUSING", "PAUSED")
     process = await wait_status(orch, pid, {"resumed"})
@@ -459,3 +460,40 @@ def test_form_pages_without_a_title_are_titled_after_their_class_and_titles_give
         run_form(two_pages, {}, [{"approved": True}])
     assert next_page.value.form["title"] == "Details of the port"
     assert run_form(two_pages, {}, [{"approved": True}, {"speed": 10}]) == {"approved": True, "speed": 10}
+
+
+async def commits_of(orch: Orchestrator, pid: UUID) -> list[list[str]]:
+    """The step rows of `pid` grouped by the statement that wrote them (rows of one statement share completed_at)."""
+    rows = await orch.store.pool.fetch(
+        "SELECT name, completed_at FROM process_steps WHERE pid = $1 ORDER BY completed_at, seq", pid
+    )
+    groups: dict[Any, list[str]] = {}
+    for row in rows:
+        groups.setdefault(row["completed_at"], []).append(row["name"])
+    return list(groups.values())
+
+
+async def test_built_in_steps_are_committed_with_their_neighbours(orch: Orchestrator) -> None:
+    """`init` (pure) is written with the first user step, `done` with the last one: every user step's outcome is
+    still its own commit before the next user step runs; the input step's with the step after it."""
+    pid = await start(orch, "tf_input", [{"size": 1}])
+    await wait_status(orch, pid)
+    assert await commits_of(orch, pid) == [["Start", "Sync step"], ["Ask name"]]
+    await services.resume_process(pid, [{"name": "Ada"}], orchestrator=orch)
+    assert (await wait_status(orch, pid))["last_status"] == "completed"
+    assert await commits_of(orch, pid) == [["Start", "Sync step"], ["Ask name"], ["Ask name", "Use name", "Done"]]
+    assert await step_rows(orch.store.pool, pid) == [
+        ("Start", "success"),
+        ("Sync step", "success"),
+        ("Ask name", "suspend"),
+        ("Ask name", "success"),
+        ("Use name", "success"),
+        ("Done", "complete"),
+    ]
+
+
+async def test_a_user_steps_outcome_is_committed_before_the_next_user_step_runs(orch: Orchestrator) -> None:
+    """A built-in step between two user steps does not carry the first one's outcome past the second."""
+    pid = await start(orch, "tf_init_between")
+    assert (await wait_status(orch, pid))["last_status"] == "completed"
+    assert await commits_of(orch, pid) == [["Start", "Sync step", "Start"], ["Sync step", "Done"]]

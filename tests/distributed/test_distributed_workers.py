@@ -135,7 +135,8 @@ async def sigkill_mid_step(orch: Orchestrator, spawn: Spawn, queues: Queues, ope
             "SELECT lease_owner, last_step FROM processes WHERE pid = ANY($1::uuid[]) AND last_status = 'running'",
             pids,
         )
-        return len(rows) == 4 and all(r["lease_owner"] in victim_ids and r["last_step"] == "Start" for r in rows)
+        # In the gated step: running, no step written yet (the built-in `Start` is written with the gated step's row).
+        return len(rows) == 4 and all(r["lease_owner"] in victim_ids and r["last_step"] is None for r in rows)
 
     await wait_until(all_in_slow_step_on_victim, 15, "the victim to run all four processes")
     survivor = spawn(queues.workflows, DQ_GATE=str(opened), **timings)
@@ -201,7 +202,7 @@ async def test_sigterm_drains_and_another_worker_continues(api: Api, spawn: Spaw
 
     async def still_in_slow_step() -> bool:
         rows = await orch.store.pool.fetch("SELECT last_step FROM processes WHERE pid = ANY($1::uuid[])", pids)
-        return [r["last_step"] for r in rows] == ["Start"] * 4
+        return [r["last_step"] for r in rows] == [None] * 4  # `Start` is written with the gated step's row
 
     await wait_until(all_running_on_draining, 15, "the draining worker to run all four processes")
     successor = spawn(queues.workflows, DQ_GATE=str(gate), **lease)
@@ -349,7 +350,7 @@ async def test_pause_across_workers(api: Api, spawn: Spawn, queues: Queues, gate
         rows = await orch.store.pool.fetch(
             "SELECT last_status, last_step FROM processes WHERE pid = ANY($1::uuid[])", pids
         )
-        return [(r["last_status"], r["last_step"]) for r in rows] == [("running", "Start")] * 6
+        return [(r["last_status"], r["last_step"]) for r in rows] == [("running", None)] * 6  # `Start`: as above
 
     await wait_until(all_in_slow_step, 15, "six processes to run")
     engine = await services.set_engine_lock(True, orchestrator=orch)
