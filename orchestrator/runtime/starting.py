@@ -7,13 +7,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
+from uuid import uuid4
 
 from orchestrator.dsl import jsonutil
 from orchestrator.dsl.forms import EmptyForm, run_form
 from orchestrator.dsl.types import State
 from orchestrator.dsl.workflow import PredicateContext, RunPredicateFail, Workflow
 from orchestrator.exceptions import EngineLockedError, StartPredicateError
-from orchestrator.ids import time_ordered_uuid
 from orchestrator.persistence.records import NewProcess
 from orchestrator.persistence.transaction import Transaction
 
@@ -44,7 +44,7 @@ def new_process(
     orch: Orchestrator, wf: Workflow, workflow_key: str, user_inputs: Sequence[State] | None, user: str
 ) -> NewProcess:
     """The process to insert: its initial state is the initial form's result (raises the form errors)."""
-    pid = time_ordered_uuid()
+    pid = uuid4()
     initial: State = {
         "process_id": pid,
         "reporter": user,
