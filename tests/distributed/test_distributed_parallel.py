@@ -131,13 +131,9 @@ async def test_inputstep_and_callback_in_branches(api: Api, spawn: Spawn, queues
     assert (process["current_state"]["validated"], process["current_state"]["a"]) == (7, 1)
 
 
-async def test_a_failed_branch_is_retried_alone(api: Api, spawn: Spawn, queues: Queues, gate: Path) -> None:
-    orch = await api()
-    await spawn(queues.workflows, DQ_GATE=str(gate)).wait_ready(orch)
-    pid = await services.start_process("dq_flaky", [{}], orchestrator=orch)
-    process = await wait_status(orch, pid, timeout=30)
-    assert process["last_status"] == "failed"
-    assert (process["last_step"], process["failed_reason"]) == ("Flaky", "flaky branch failed: the gate is closed")
+async def retry_the_failed_branch_alone(orch: Orchestrator, pid: UUID, gate: Path) -> list[tuple[str | None, str, str]]:
+    """Open the gate and retry `dq_flaky`: it completes, the succeeded branch having run once, the failed one again.
+    Returns the steps logged."""
     gate.touch()
     await services.resume_process(pid, [{}], orchestrator=orch)
     process = await wait_status(orch, pid, timeout=30)
@@ -149,6 +145,17 @@ async def test_a_failed_branch_is_retried_alone(api: Api, spawn: Spawn, queues: 
         ("Flaky", "success"),
         ("After gate", "success"),
     ]
+    return logged
+
+
+async def test_a_failed_branch_is_retried_alone(api: Api, spawn: Spawn, queues: Queues, gate: Path) -> None:
+    orch = await api()
+    await spawn(queues.workflows, DQ_GATE=str(gate)).wait_ready(orch)
+    pid = await services.start_process("dq_flaky", [{}], orchestrator=orch)
+    process = await wait_status(orch, pid, timeout=30)
+    assert process["last_status"] == "failed"
+    assert (process["last_step"], process["failed_reason"]) == ("Flaky", "flaky branch failed: the gate is closed")
+    await retry_the_failed_branch_alone(orch, pid, gate)
 
 
 async def test_abort_stops_every_branch(api: Api, spawn: Spawn, queues: Queues, gate: Path) -> None:
@@ -307,17 +314,7 @@ async def test_a_holder_dying_before_the_join_leaves_a_failed_branch_failed(
         "SELECT stepid, completed_at FROM process_steps WHERE pid = $1 AND name = 'Flaky'", pid
     )
     assert [tuple(r) for r in flaky] == [tuple(failed_row)]  # the failed branch did not run again
-    gate.touch()
-    await services.resume_process(pid, [{}], orchestrator=orch)
-    process = await wait_status(orch, pid, timeout=30)
-    assert process["last_status"] == "completed"
-    logged = await steps_of(orch, pid)
-    assert [r for r in logged if r[0] == "Mixed[0]"] == [("Mixed[0]", "Quick branch", "success")]  # ran once
-    assert [r[1:] for r in logged if r[0] == "Mixed[1]"] == [
-        ("Flaky", "failed"),
-        ("Flaky", "success"),
-        ("After gate", "success"),
-    ]
+    logged = await retry_the_failed_branch_alone(orch, pid, gate)
     assert [r[1] for r in logged if r[0] is None] == ["Start", "Mixed", "Done"]
 
 
