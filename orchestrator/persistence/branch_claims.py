@@ -2,7 +2,8 @@
 `process_branches` row, and the fork's join decided by compare-and-set when its last branch stops.
 
 - `detach_fork`: the run holding the process lets it go (still `running`, no lease) and writes one branch row per
-  branch and one outbox message per batch of branches, in one statement fenced by its token.
+  branch and one outbox message per batch of branches, in one statement fenced by its token; the first batch may
+  instead be claimed in that statement by the worker that reached the fork, which runs it at once.
 - `claim` (group-committed): a message carries a batch of a fork's branches; the worker claims as many of them as it
   has free run slots for, each by compare-and-set on its row (`dispatched` → `running` for this worker, token
   bumped); a duplicate or stale message finds another status and claims nothing. While the engine is paused the
@@ -48,34 +49,53 @@ over from a holder that died before joining joins from the rows too (`Claim.clos
 afresh and running a failed branch again. A resume of the settled fork (a retry) finds it cleared: the failed
 branches are dispatched again."""
 
-_DETACH = """
+_OWN_ROWS = " AND (s.branch IS NULL OR s.branch = c.path OR left(s.branch, length(c.path) + 1) = c.path || '/')"
+"""A branch claim loads the workflow's own rows and its branch's (with nested ones), not its siblings'."""
+
+# The first `$10` branches are claimed for `$8` in the statement itself (`running`, leased; `paused` while the engine
+# is), sent in no message: the worker that reached the fork runs them at once. The rest go out one message per batch.
+# One row per claimed branch (with the `CLAIM_LOAD` columns), or one row of NULLs; `detached` 0: the claim was lost.
+_DETACH = (
+    """
 WITH p AS (
     UPDATE processes SET lease_owner = NULL, lease_expires_at = NULL, last_modified_at = now(),
            open_branches = cardinality($3::varchar[])
      WHERE pid = $1 AND fencing_token = $2 AND last_status = 'running'
- RETURNING pid
+ RETURNING pid, workflow_id, is_task, created_by, coalesce(run_by, created_by, 'SYSTEM') AS run_by
+), paused AS (
+    SELECT coalesce((SELECT bool_or(global_lock) FROM engine_settings), false) AS on
 ), g AS (
-    SELECT * FROM unnest($3::varchar[], $7::int[]) WITH ORDINALITY AS t(path, grp, ord)
+    SELECT t.*, t.ord <= $10 AS here FROM unnest($3::varchar[], $7::int[]) WITH ORDINALITY AS t(path, grp, ord)
 ), b AS (
-    INSERT INTO process_branches (pid, path, queue, actor, run_by)
-    SELECT p.pid, g.path, $4, $5, $6 FROM p, g
+    INSERT INTO process_branches AS pb (pid, path, queue, actor, run_by, status, lease_owner, lease_expires_at)
+    SELECT p.pid, g.path, $4, $5, $6,
+           CASE WHEN NOT g.here THEN 'dispatched' WHEN paused.on THEN 'paused' ELSE 'running' END,
+           CASE WHEN g.here AND NOT paused.on THEN $8 END,
+           CASE WHEN g.here AND NOT paused.on THEN now() + make_interval(secs => $9) END
+      FROM p, g, paused
         ON CONFLICT (pid, path) DO UPDATE
-       SET status = 'dispatched', fencing_token = process_branches.fencing_token + 1, lease_owner = NULL,
-           lease_expires_at = NULL, queue = excluded.queue, actor = excluded.actor, run_by = excluded.run_by,
-           modified_at = now()
+       SET status = excluded.status, fencing_token = pb.fencing_token + 1, lease_owner = excluded.lease_owner,
+           lease_expires_at = excluded.lease_expires_at, queue = excluded.queue, actor = excluded.actor,
+           run_by = excluded.run_by, modified_at = now()
+ RETURNING pb.pid, pb.path, pb.fencing_token, pb.status
 ), o AS (
     INSERT INTO outbox (queue, actor, pid, run_by, branches)
-    SELECT $4, $5, p.pid, $6, array_agg(g.path ORDER BY g.ord) FROM p, g GROUP BY p.pid, g.grp
+    SELECT $4, $5, p.pid, $6, array_agg(g.path ORDER BY g.ord) FROM p, g WHERE NOT g.here GROUP BY p.pid, g.grp
+), c AS (
+    SELECT b.pid, b.path, p.workflow_id, b.fencing_token, p.is_task, p.created_by, p.run_by
+      FROM b JOIN p ON p.pid = b.pid WHERE b.status = 'running'
 )
-SELECT count(*) FROM p
+SELECT d.detached, l.* FROM (SELECT count(*) AS detached FROM p) d LEFT JOIN ("""
+    + CLAIM_LOAD.format(only=_OWN_ROWS)
+    + """) l ON true
 """
-
-_OWN_ROWS = " AND (s.branch IS NULL OR s.branch = c.path OR left(s.branch, length(c.path) + 1) = c.path || '/')"
-"""A branch claim loads the workflow's own rows and its branch's (with nested ones), not its siblings'."""
+)
 
 # Each request (a batch message's branches, in branch order) claims at most `k` of its branches that are still
 # `dispatched`, skipping rows another statement holds (a concurrent duplicate claims them, or the sweeper or an
 # abort is changing them); the rows it locks but leaves (over `k`) stay `dispatched` for the message that sends them.
+# Each branch is looked up by its key, one request row at a time (LATERAL): joined as sets, the planner may start from
+# every running process when its statistics are stale (a young database), and scan a large fork's rows per branch.
 _CLAIM = """
 WITH i AS (
     SELECT * FROM unnest($1::int[], $2::uuid[], $3::varchar[]) WITH ORDINALITY AS t(req, pid, path, ord)
@@ -84,10 +104,12 @@ WITH i AS (
 ), paused AS (
     SELECT coalesce((SELECT bool_or(global_lock) FROM engine_settings), false) AS on
 ), x AS (
-    SELECT b.pid, b.path, i.req, i.ord FROM process_branches b JOIN i ON b.pid = i.pid AND b.path = i.path
-     WHERE b.status = 'dispatched'
-       AND EXISTS (SELECT 1 FROM processes p WHERE p.pid = b.pid AND p.last_status = 'running')
-       FOR UPDATE OF b SKIP LOCKED
+    SELECT b.pid, b.path, i.req, i.ord FROM i CROSS JOIN LATERAL (
+        SELECT b.pid, b.path FROM process_branches b
+         WHERE b.pid = i.pid AND b.path = i.path AND b.status = 'dispatched'
+           AND EXISTS (SELECT 1 FROM processes p WHERE p.pid = b.pid AND p.last_status = 'running')
+           FOR UPDATE OF b SKIP LOCKED
+    ) b
 ), y AS (
     SELECT n.pid, n.path FROM (SELECT x.*, row_number() OVER (PARTITION BY x.req ORDER BY x.ord) AS n FROM x) n
       JOIN r ON r.req = n.req WHERE n.n <= r.k
@@ -197,16 +219,30 @@ class BranchClaims:
         self.events.publish({}, channel=OUTBOX_CHANNEL)
 
     async def detach_fork(
-        self, *, pid: UUID, token: int, batches: Sequence[Sequence[str]], queue: str, actor: str, run_by: str
-    ) -> bool:
+        self,
+        *,
+        pid: UUID,
+        token: int,
+        batches: Sequence[Sequence[str]],
+        queue: str,
+        actor: str,
+        run_by: str,
+        here: int = 0,
+        owner: str = "",
+        lease_ttl: float = 0.0,
+    ) -> list[Claim] | None:
         """Let the process go (it stays `running`) and dispatch its branches, one message per batch (a batch: paths in
-        branch order, claimed together by the worker that gets it); False when the claim was lost."""
+        branch order, claimed together by the worker that gets it); None when the claim was lost. The first `here`
+        branches are claimed for `owner` instead, in the same statement, and returned: the caller runs them. The
+        caller wakes the relays (its own, when it publishes: no NOTIFY to every relay per fork)."""
         paths = [path for batch in batches for path in batch]
         groups = [n for n, batch in enumerate(batches) for _ in batch]
-        detached = bool(await self.pool.fetchval(_DETACH, pid, token, paths, queue, actor, run_by, groups))
-        if detached:
-            self._notify_relays()
-        return detached
+        rows = await self.pool.fetch(
+            _DETACH, pid, token, paths, queue, actor, run_by, groups, owner, lease_ttl, min(here, len(paths))
+        )
+        if not rows or not rows[0]["detached"]:
+            return None
+        return [claim_of(row, branch=row["path"]) for row in rows if row["pid"] is not None]
 
     async def claim(self, pid: UUID, paths: Sequence[str], *, limit: int, owner: str, lease_ttl: float) -> list[Claim]:
         """Claim for `owner` up to `limit` of these branches of the process that still wait for a worker (first in

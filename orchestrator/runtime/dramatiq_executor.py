@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from contextlib import suppress
+from typing import Protocol
 
 import structlog
 
@@ -71,8 +72,24 @@ def batches(paths: Sequence[str]) -> list[list[str]]:
     return out
 
 
+class LocalBranches(Protocol):
+    """A worker's branch run slots, for the batch of a fork claimed where the fork was reached (`spread`)."""
+
+    @property
+    def owner(self) -> str: ...
+
+    def reserve(self, wanted: int) -> int:
+        """Reserve up to `wanted` free branch slots now, without waiting; how many were reserved."""
+        ...
+
+    def run_batch(self, claims: Sequence[Claim], reserved: int) -> None:
+        """Run these branch claims, one reserved slot each; free the reserved slots left over."""
+        ...
+
+
 class DramatiqExecutor:
-    """Dispatch through the outbox; run the outbox relay while open. Runs no steps itself."""
+    """Dispatch through the outbox; run the outbox relay while open. Runs no steps itself, except in a worker
+    (`local`), where a fork's first batch of branches runs in the worker that reached the fork."""
 
     kind = "dramatiq"
 
@@ -82,22 +99,39 @@ class DramatiqExecutor:
         self.relay: OutboxRelay | None = None
         self._publisher: Publisher | None = None
         self._relay_task: asyncio.Task[None] | None = None
+        self.local: LocalBranches | None = None
+        """Set by a worker process: where a fork's first batch of branches runs (None in the API)."""
         engine.spread = self.spread
 
     async def spread(self, claim: Claim, paths: Sequence[str]) -> bool:
-        """Dispatch the branches in batches (to the process's queue), in one statement; let the process go."""
+        """Dispatch the branches in batches (to the process's queue), in one statement; let the process go. In a
+        worker, the first batch is claimed in that statement instead, as far as the worker has free branch slots,
+        and run here at once: no message, no claim of its own."""
         queue = self.settings.queue_for(is_task=claim.is_task, target=claim.target)
-        detached = await self.engine.store.branch_claims.detach_fork(
-            pid=claim.pid,
-            token=claim.token,
-            batches=batches(paths),
-            queue=queue,
-            actor=BRANCH_ACTOR,
-            run_by=claim.run_by,
-        )
-        if detached:
+        cut = batches(paths)
+        local = self.local
+        here = local.reserve(len(cut[0])) if local is not None and cut else 0
+        claims = None
+        try:
+            claims = await self.engine.store.branch_claims.detach_fork(
+                pid=claim.pid,
+                token=claim.token,
+                batches=cut,
+                queue=queue,
+                actor=BRANCH_ACTOR,
+                run_by=claim.run_by,
+                here=here,
+                owner=local.owner if local is not None else "",
+                lease_ttl=self.engine.lease_ttl,
+            )
+        finally:
+            if local is not None:
+                local.run_batch(claims or [], here)  # the slots it did not use are freed
+        if claims is None:
+            return False
+        if here < len(paths):
             self.wake()
-        return detached
+        return True
 
     def reserve(self, tx: Transaction, process: ProcessRef) -> Dispatch:
         """Workers claim what they run: a new process is inserted with its outbox row."""

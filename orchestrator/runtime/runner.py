@@ -118,6 +118,10 @@ class Runner:
         self.branches += len(claims)
         return claims
 
+    def adopt_branches(self, claims: Sequence[Claim]) -> None:
+        """Hold branch claims made with the fork's detach (its first batch): from now on their leases are renewed."""
+        self.branches += len(claims)
+
     async def run_claimed(self, claim: Claim, *, closing: bool = False) -> ProcessStatus | None:
         """Run a process (or a branch) this runner has claimed; its lease is kept alive until the run ends. A
         branch that was its fork's last runs the process on."""

@@ -119,6 +119,7 @@ class WorkerRuntime:
             orch.engine, kind="dramatiq", queues=self.queues, capacity=self.threads, redispatch=self.executor.resume
         )
         await self.runner.open()
+        self.executor.local = self
 
     async def drain(self, timeout: float) -> bool:
         """SIGTERM: take nothing new; running processes finish their current step and yield (`resumed`, dispatched
@@ -253,15 +254,45 @@ class WorkerRuntime:
     async def _claim_and_start(
         self, take: Callable[[int], Awaitable[list[Claim]]], free: int, log: Any, slots: _Slots
     ) -> int:
-        runner = self.runner
-        assert runner is not None
         claims = await take(free)
+        self._start(claims, slots, log)
+        return len(claims)
+
+    def _start(self, claims: Sequence[Claim], slots: _Slots, log: Any) -> None:
+        """Run each claim as a task of its own, holding one of `slots` until it ends. One log line per batch of
+        branches, not per branch: at INFO, a line per branch cost the worker more than its branch's claim."""
         for claim in claims:
             task = asyncio.create_task(self._run(claim, slots), name=f"run-{claim.pid}")
             self._runs.add(task)
             task.add_done_callback(self._runs.discard)
-            log.info("claimed", worker=runner.owner_id, token=claim.token, branch=claim.branch)
-        return len(claims)
+        if not claims:
+            return
+        worker = self._runner().owner_id
+        if claims[0].branch is None:
+            log.info("claimed", worker=worker, token=claims[0].token)
+        else:
+            log.info("claimed", worker=worker, branches=[claim.branch for claim in claims])
+
+    # --- a fork's first batch, claimed where the fork was reached (`DramatiqExecutor.local`) -------------------
+
+    @property
+    def owner(self) -> str:
+        return self._runner().owner_id
+
+    def reserve(self, wanted: int) -> int:
+        """Take up to `wanted` free branch slots, without waiting (none while draining)."""
+        taken = 0 if self._stopping else min(self._branch_slots.free, wanted)
+        self._branch_slots.free -= taken
+        return taken
+
+    def run_batch(self, claims: Sequence[Claim], reserved: int) -> None:
+        """Start the branches claimed with their fork's detach. Their tasks first run once the run that reached the
+        fork has let its process go (it does not wait between the detach and its end): the process is adopted
+        again, by the branch that joins, only after that."""
+        self._runner().adopt_branches(claims)
+        self._start(claims, self._branch_slots, logger.bind(process_id=str(claims[0].pid)) if claims else logger)
+        for _ in range(reserved - len(claims)):
+            self._branch_slots.release()
 
     async def _run(self, claim: Claim, slots: _Slots) -> None:
         runner = self.runner

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -17,6 +17,8 @@ from support.waiting import wait_status, wait_until
 
 from orchestrator import services
 from orchestrator.http import create_app
+from orchestrator.persistence.records import Claim
+from orchestrator.runtime.dramatiq_executor import DramatiqExecutor
 from orchestrator.runtime.orchestrator import Orchestrator
 
 Api = Callable[..., Awaitable[Orchestrator]]
@@ -371,5 +373,46 @@ async def test_inputstep_in_a_branch_resumed_over_http(api: Api, spawn: Spawn, q
     assert (state["approved"], state["checked"], state["comment"], state["a"]) == (True, True, "ok", 1)
     logged = await steps_of(orch, UUID(pid))
     assert [r[1] for r in logged].count("Set A") == 1
-    claimed = [e for e in worker.events("claimed") if e.get("branch")]
+    claimed = [e for e in worker.events("claimed") if e.get("branches")]
     assert claimed and {e["worker"] for e in claimed} <= set(worker_ids)  # the branches ran in the worker
+
+
+class _DiesAfterTheDetach:
+    """The branch slots of a worker that dies right after the detach statement committed its first batch's claims:
+    it takes every branch offered and runs none."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self.claimed: list[Claim] = []
+
+    def reserve(self, wanted: int) -> int:
+        return wanted
+
+    def run_batch(self, claims: Sequence[Claim], reserved: int) -> None:
+        self.claimed += claims
+
+
+async def test_a_batch_claimed_at_the_fork_by_a_worker_that_dies_runs_once(
+    api: Api, spawn: Spawn, queues: Queues, opened: Path
+) -> None:
+    """The worker that reaches the fork claims its first batch of branches in the detach statement and dies before
+    running it: the batch's leases expire, the sweeper dispatches those branches again, and every step runs once."""
+    orch = await api()
+    executor = orch.executor
+    assert isinstance(executor, DramatiqExecutor)
+    pid = await services.start_process("dq_gated_fan", [{}], orchestrator=orch)
+    dead = _DiesAfterTheDetach("dead-worker")
+    claim = await orch.store.claims.claim(
+        pid, statuses=("created",), owner=dead.owner, lease_ttl=orch.engine.lease_ttl, user=None
+    )
+    assert claim is not None
+    executor.local = dead
+    try:
+        await orch.engine.run(claim, stopping=lambda: False, redispatch=executor.resume)  # up to the fork
+    finally:
+        executor.local = None
+    assert [c.branch for c in dead.claimed] == ["Fan[0]", "Fan[1]"]  # the first batch, claimed in the detach...
+    assert await branch_statuses(orch, pid) == {"Fan[0]": "running", "Fan[1]": "running", "Fan[2]": "dispatched"}
+    # ...and its worker dies here: the other branch's message waits for a worker, the batch for its lease to expire.
+    await spawn(queues.workflows, DQ_GATE=str(opened)).wait_ready(orch)
+    await assert_fan_completed_once(orch, pid)
