@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from testflows import call_external, validate_callback
@@ -177,3 +180,46 @@ async def slow_sibling() -> State:
 @workflow("Retry policy in a branch")
 def pf_retry_policy() -> StepList:
     return begin >> init >> parallel("Try", retried, slow_sibling) >> done
+
+
+def _first_attempt(name: str) -> bool:
+    """Whether this is the step's first run: a marker file in PF_MARKS (so that worker processes count too)."""
+    mark = Path(os.environ["PF_MARKS"]) / name
+    if mark.exists():
+        return False
+    mark.touch()
+    return True
+
+
+@step("Retried soon", retry=RetryPolicy(max_attempts=2, initial_interval=0.2))
+def retried_soon() -> State:
+    if _first_attempt("soon"):
+        raise ValueError("the first attempt fails")
+    return {"soon": True}
+
+
+@step("Retried later", retry=RetryPolicy(max_attempts=2, initial_interval=1.5))
+def retried_later() -> State:
+    if _first_attempt("later"):
+        raise ValueError("the first attempt fails")
+    return {"later": True}
+
+
+@workflow("Retry timers in two branches")
+def pf_retry_timers() -> StepList:
+    """Two branches whose first attempt fails, retried after different delays: each runs again once its own is due."""
+    return begin >> init >> parallel("Timers", retried_soon, retried_later) >> done
+
+
+async def assert_each_branch_retried_when_due(pool: Any, pid: Any) -> None:
+    """Each branch of a completed `pf_retry_timers` ran twice, and its second attempt started at its own due time."""
+    rows = await pool.fetch(
+        "SELECT branch, status, state, started_at FROM process_steps WHERE pid = $1 AND branch IS NOT NULL"
+        " ORDER BY completed_at, seq",
+        pid,
+    )
+    for branch in ("Timers[0]", "Timers[1]"):
+        own = [r for r in rows if r["branch"] == branch]
+        assert [r["status"] for r in own] == ["waiting", "success"], own
+        due = datetime.fromisoformat(own[0]["state"]["next_attempt_at"])
+        assert own[1]["started_at"] >= due, (branch, own[1]["started_at"], due)

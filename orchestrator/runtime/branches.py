@@ -13,10 +13,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from orchestrator.dsl.parallel import PATH_SEPARATOR, Branch, Fork, JoinConflictError
-from orchestrator.dsl.results import AwaitingCallback, Failed, Process, Success, Suspend, from_step_status
+from orchestrator.dsl.results import AwaitingCallback, Failed, Process, Success, Suspend, Waiting, from_step_status
 from orchestrator.dsl.state import (
     CALLBACK_RESULT_KEY,
     LAST_STEP_STARTED_AT,
@@ -221,6 +222,8 @@ async def reload(run: ForkRun, br: Branch) -> tuple[Process, StepList]:
     base: Process = Success(dict(cleared[-1].state) if cleared else br.state)
     if own and own[-1].cleared and own[-1].state.get(STEP_GROUP) == own[-1].name:
         return base, br.steps[len(cleared) - 1 :]  # a step group in progress: it runs on after its sub-step
+    if own and own[-1].status == StepStatus.WAITING and not _due(own[-1].state):
+        return from_step_status(own[-1].status, own[-1].state), StepList()  # its retry or sleep is not due yet
     if not own or own[-1].status not in WAITING:
         return base, remaining
     last = own[-1]
@@ -229,6 +232,18 @@ async def reload(run: ForkRun, br: Branch) -> tuple[Process, StepList]:
     pending = run.pending if last.status == StepStatus.SUSPEND else None
     result = await run._write(last.name, Success(deep_merge(last.state, pending or {})), Assignee.SYSTEM)
     return result, remaining if STEP_GROUP in last.state else remaining[1:]
+
+
+def _due(state: State) -> bool:
+    """A `waiting` branch row's timer has come (or it has none): the process's timer is its fork's earliest
+    branch's, and the other waiting branches keep waiting until their own."""
+    wake = stored_wake(state)
+    return wake is None or wake.at <= datetime.now(UTC)
+
+
+def _wake_at(unjoined: Unjoined) -> datetime:
+    wake = stored_wake(unjoined.state)
+    return wake.at if wake is not None else datetime.max.replace(tzinfo=UTC)
 
 
 def _resumes(run: ForkRun, last: StepRow) -> bool:
@@ -250,6 +265,8 @@ def _join(
     unjoined = [_unjoined(run, steps, o) for run, steps, o in zip(runs, branch_steps, outcomes, strict=True)]
     pending = [u for u in unjoined if u is not None]
     chosen = next((u for u in pending if u.outcome is not None and u.outcome.failed), None) or next(iter(pending), None)
+    if chosen is not None and isinstance(chosen.outcome, Waiting):  # the process's timer: the earliest due branch's
+        chosen = min((u for u in pending if isinstance(u.outcome, Waiting)), key=_wake_at)
     if chosen is not None:
         return chosen
     try:

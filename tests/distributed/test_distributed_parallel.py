@@ -12,6 +12,7 @@ from typing import Any
 from uuid import UUID
 
 from dq_support import Queues, Worker
+from parallelflows import assert_each_branch_retried_when_due
 from support import http
 from support.waiting import wait_status, wait_until
 
@@ -339,6 +340,18 @@ async def test_a_retry_policy_inside_a_branch(api: Api, spawn: Spawn, queues: Qu
         ("After gate", "success"),
     ]
     assert [r[1] for r in logged if r[0] is None] == ["Start", "Retrying", "Done"]
+
+
+async def test_waiting_branches_each_run_again_at_their_own_time(
+    api: Api, spawn: Spawn, queues: Queues, tmp_path: Path
+) -> None:
+    """Two branches run by a worker wait on retry timers of different delays: each runs again at its own time."""
+    orch = await api(WORKFLOW_MODULES=["testflows", "parallelflows"])
+    await spawn(queues.workflows, WORKFLOW_MODULES=WITH_PARALLELFLOWS, PF_MARKS=str(tmp_path)).wait_ready(orch)
+    pid = await services.start_process("pf_retry_timers", [{}], orchestrator=orch)
+    process = await wait_status(orch, pid, {"completed", "failed"}, timeout=30)
+    assert process["last_status"] == "completed", process["failed_reason"]
+    await assert_each_branch_retried_when_due(orch.store.pool, pid)
 
 
 async def test_inputstep_in_a_branch_resumed_over_http(api: Api, spawn: Spawn, queues: Queues) -> None:

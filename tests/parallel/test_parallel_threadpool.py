@@ -4,10 +4,11 @@ retry, abort and pause."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from uuid import UUID
 
 import pytest
-from parallelflows import RUNS, SWITCHES
+from parallelflows import RUNS, SWITCHES, assert_each_branch_retried_when_due
 from support.waiting import wait_status, wait_until
 
 from orchestrator import services
@@ -150,6 +151,18 @@ async def test_retry_policy_inside_a_branch(orch: Orchestrator) -> None:
     assert process["last_status"] == "completed", process["failed_reason"]
     assert RUNS == {"Retried": 2, "Slow sibling": 1}
     assert (process["current_state"]["retried"], process["current_state"]["slow"]) == (True, True)
+
+
+async def test_waiting_branches_each_run_again_at_their_own_time(
+    orch: Orchestrator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two branches wait on retry timers of different delays: the process's timer is the earlier one's, only that
+    branch runs again when it fires, and the timer is set again for the other, which runs at its own time."""
+    monkeypatch.setenv("PF_MARKS", str(tmp_path))
+    pid = await start(orch, "pf_retry_timers")
+    process = await wait_status(orch, pid, {"completed", "failed"})
+    assert process["last_status"] == "completed", process["failed_reason"]
+    await assert_each_branch_retried_when_due(orch.store.pool, pid)
 
 
 async def _held(orch: Orchestrator, pid: UUID) -> bool:
