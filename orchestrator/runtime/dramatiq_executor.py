@@ -42,14 +42,15 @@ BRANCH_ACTOR = "run_branch"
 (`runtime/spread.py`); the sweeper's messages carry one branch, `(process_id, branch)`."""
 
 BRANCH_BATCH = 16
-"""At most this many branches per message: a worker claims a message's branches in one statement, so a fork of
-1,000 one-step branches costs 63 deliveries and claims instead of 1,000."""
+"""At most this many branches per batch: a worker claims a message's branches in one statement, so a fork of
+1,000 one-step branches costs 62 deliveries and claims (and the detach's claim of the first batch) instead of
+1,000."""
 
 BRANCH_MESSAGES_MIN = 2
-"""A fork is sent as at least this many messages (or one per branch, when it has fewer): small forks still spread
-over the workers (the two branches of a pair run on two workers at once, when both are free). 2 rather than 4:
-a fork of 10 one-step branches then costs 2 deliveries and claims instead of 4, which took branch steps from 60%
-to 72-77% of the plain-step rate (docs/performance.md), at a slightly longer fork-to-join time."""
+"""A fork is cut into at least this many batches (or one per branch, when it has fewer): the first runs in the worker
+that reached the fork, the others are messages, so small forks still spread over the workers (the two branches of a
+pair run on two workers at once, when both are free). 2 rather than 4: a fork of 10 one-step branches costs one
+delivery and claim instead of 3 (docs/performance.md)."""
 
 DRAIN_TIMEOUT_SECONDS = 10.0
 """Bound on the last outbox drain at close (the broker may be down: the rows then wait for another relay)."""
@@ -60,8 +61,8 @@ def actor_for(kind: RunKind, *, is_task: bool) -> str:
 
 
 def batches(paths: Sequence[str]) -> list[list[str]]:
-    """The fork's branches cut into messages: in branch order, at most BRANCH_BATCH each, at least
-    BRANCH_MESSAGES_MIN messages (fewer only with fewer branches), sizes differing by one at most."""
+    """The fork's branches cut into batches: in branch order, at most BRANCH_BATCH each, at least
+    BRANCH_MESSAGES_MIN batches (fewer only with fewer branches), sizes differing by one at most."""
     count = min(len(paths), max(BRANCH_MESSAGES_MIN, -(-len(paths) // BRANCH_BATCH)))
     size, extra = divmod(len(paths), count) if count else (0, 0)
     out, start = [], 0
