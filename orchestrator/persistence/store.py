@@ -23,6 +23,7 @@ from orchestrator.persistence.listener import Listener
 from orchestrator.persistence.outbox import OutboxStatements
 from orchestrator.persistence.processes import ProcessStatements
 from orchestrator.persistence.recovery import RecoveryStatements
+from orchestrator.persistence.resumes import ProcessResumer
 from orchestrator.persistence.schedules import ScheduleStatements
 from orchestrator.persistence.stepwriter import StepWriter
 from orchestrator.persistence.timers import TimerStatements
@@ -51,6 +52,7 @@ class Store(
         self.claims = Claims(pool, self.events)
         self.branch_claims = BranchClaims(pool, self.events)
         self.creates = ProcessCreator(pool)
+        self.resumes = ProcessResumer(pool)
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """`async with store.transaction() as tx`: begins on its first statement, commits when the block returns."""
