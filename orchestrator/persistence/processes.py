@@ -12,6 +12,7 @@ from uuid import UUID
 
 from orchestrator.dsl.types import ProcessStatus, State
 from orchestrator.persistence.creates import CREATE_MANY, NewRow, ProcessCreator, columns
+from orchestrator.persistence.groupcommit import GroupCommit
 from orchestrator.persistence.records import Claim, Dispatch, Lease, NewProcess, ProcessRef, StepRow
 from orchestrator.persistence.resumes import RESUME_MANY, ProcessResumer, ResumeRow
 from orchestrator.persistence.resumes import columns as resume_columns
@@ -68,7 +69,7 @@ SELECT p.*, w.name AS workflow_name, w.target AS workflow_target, {STEPS_AGG.for
        (SELECT t.due_at FROM process_timers t WHERE t.pid = p.pid) AS next_attempt_at,
        (SELECT r.schedule_id FROM schedule_runs r WHERE r.pid = p.pid) AS schedule_id
   FROM processes p JOIN workflows w ON w.workflow_id = p.workflow_id
- WHERE p.pid = $1
+ WHERE p.pid = ANY($1::uuid[])
 """
 
 _LATEST_INPUT = """
@@ -89,6 +90,7 @@ _STATUSES = "SELECT pid, last_status FROM processes WHERE pid = ANY($1::uuid[])"
 class ProcessStatements(Statements):
     creates: ProcessCreator
     resumes: ProcessResumer
+    loads: GroupCommit[UUID, dict[str, Any] | None]
 
     async def create_process(
         self, tx: Transaction, process: NewProcess, slot: Lease | Dispatch | None = None
@@ -179,9 +181,14 @@ class ProcessStatements(Statements):
 
     async def load(self, pid: UUID) -> dict[str, Any] | None:
         """A process row with its workflow's name and target, its step rows (oldest first), the due time of its
-        timer (`next_attempt_at`) and the schedule that started it (`schedule_id`)."""
-        row = await self.pool.fetchrow(_LOAD, pid)
-        return dict(row.items()) if row is not None else None
+        timer (`next_attempt_at`) and the schedule that started it (`schedule_id`). Read in one statement with
+        the reads that concurrent requests make meanwhile (`groupcommit.py`): a resume's read, at concurrency."""
+        return await self.loads.submit(pid)
+
+    async def _load_many(self, pids: list[UUID]) -> list[dict[str, Any] | None]:
+        """The reads that concurrent requests make while one is in flight, in one statement."""
+        found = {row["pid"]: row for row in await self.pool.fetch(_LOAD, pids)}
+        return [dict(row.items()) if (row := found.get(pid)) is not None else None for pid in pids]
 
     async def latest_input(self, pid: UUID, input_type: str) -> State | None:
         value: State | None = await self.pool.fetchval(_LATEST_INPUT, pid, input_type)

@@ -4,6 +4,7 @@ compare-and-set per resume."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 from support.waiting import wait_status
 
@@ -51,3 +52,16 @@ async def test_resumes_of_one_process_in_one_batch_store_one_input(orch: Orchest
     assert [r["input_state"] for r in inputs] == [{"name": winner}]
     row = await orch.store.pool.fetchrow("SELECT last_status, run_by FROM processes WHERE pid = $1", pid)
     assert (row["last_status"], row["run_by"]) == ("resumed", winner)
+
+
+async def test_reads_of_processes_made_together_are_answered_each_in_one_statement(orch: Orchestrator) -> None:
+    """A batch of reads may name a process twice, or one that does not exist: each gets its own answer."""
+    pid = await services.start_process("tf_input", [{"size": 1}], orchestrator=orch)
+    await wait_status(orch, pid)
+    missing = uuid.uuid4()
+    read = await orch.store._load_many([pid, missing, pid])
+    assert read[1] is None
+    assert read[0] is not None and read[2] is not None
+    assert (read[0]["pid"], read[0]["last_status"]) == (pid, "suspended") and read[0] == read[2]
+    loaded = await asyncio.gather(orch.store.load(pid), orch.store.load(missing), orch.store.load(pid))
+    assert [row["pid"] if row else None for row in loaded] == [pid, None, pid]
