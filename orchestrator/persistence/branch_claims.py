@@ -38,10 +38,14 @@ JOIN_WHEN_LAST = """, j AS (
       FROM (SELECT b.pid, count(*)::int AS n, min(b.owner) AS owner, min(b.lease_ttl) AS lease_ttl
               FROM b GROUP BY b.pid) s
      WHERE pr.pid = s.pid AND pr.last_status = 'running' AND pr.lease_owner IS NULL
+       AND EXISTS (SELECT 1 FROM b)  -- no branch stopped: not even a scan (see below)
  RETURNING pr.pid, pr.fencing_token, pr.open_branches
 )"""
 """Appended to a statement whose CTE `b` returns (pid, owner, lease_ttl) per branch it stopped: `j` returns the
 processes touched, with `open_branches` -1 for those this statement claimed for `owner` to join (migration 0004).
+The EXISTS gate skips the update outright when no branch stopped (every step writer's statement without one): its
+cached generic plan may scan the `running` entries of `ix_processes_status_kind`, dead ones included, before
+finding `b` empty (0.57 → 0.44 ms of execution per step write, measured; issue 16).
 
 -1 marks the fork *closed*: every branch stopped, the join (or the settling) not yet written. It stays until the
 process's next fenced write (the join row, a step row, `settle_fork`) clears it, so that a run that takes the process

@@ -1,7 +1,8 @@
 """Group commit: the requests concurrent runs make while a statement is in flight go together in the next one.
 
-Batching adds no delay: a lone request is written at once (a batch of one); only requests that arrive while the
-connection is busy wait for the next batch. Each caller waits for its own result, i.e. for its own commit. If a
+Batching adds no delay: a lone request is written at once (a batch of one), by its caller's own task when nothing
+is in flight (no task hop before it is sent); only requests that arrive while the connection is busy wait for the
+next batch. Each caller waits for its own result, i.e. for its own commit. If a
 batch fails as a whole, its requests are written one by one, so that one bad request fails only itself.
 """
 
@@ -36,13 +37,27 @@ class GroupCommit(Generic[T, R]):
 
     async def submit(self, request: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        if self._in_flight == 0 and not self._pending:
+            # Nothing in flight: the caller writes it. Cancelling the caller then cancels its write (its outcome
+            # is unknown, as after a crash); requests arriving meanwhile go to a drainer, as below.
+            self._in_flight += 1
+            try:
+                await self._write([(request, future)])
+            finally:
+                self._in_flight -= 1
+                if self._pending:
+                    self._start_drainer()
+            return future.result()
         self._pending.append((request, future))
         if self._in_flight < self.max_in_flight:
-            self._in_flight += 1
-            task = asyncio.create_task(self._drain())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start_drainer()
         return await future
+
+    def _start_drainer(self) -> None:
+        self._in_flight += 1
+        task = asyncio.create_task(self._drain())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _drain(self) -> None:
         try:

@@ -12,7 +12,10 @@ from uuid import UUID
 
 from orchestrator.dsl.types import ProcessStatus, State
 from orchestrator.persistence.creates import CREATE_MANY, NewRow, ProcessCreator, columns
+from orchestrator.persistence.groupcommit import GroupCommit
 from orchestrator.persistence.records import Claim, Dispatch, Lease, NewProcess, ProcessRef, StepRow
+from orchestrator.persistence.resumes import RESUME_MANY, ProcessResumer, ResumeRow
+from orchestrator.persistence.resumes import columns as resume_columns
 from orchestrator.persistence.statements import Statements
 from orchestrator.persistence.transaction import Transaction
 
@@ -26,28 +29,6 @@ STEPS_AGG = """
 """
 """The step rows of the process aliased `{alias}` (`only`: a further condition on `s`, or ""), oldest first, as one
 JSON array (read with `step_rows`)."""
-
-_RESUME = """
-WITH p AS (
-    UPDATE processes
-       SET last_status = CASE WHEN $5::varchar IS NULL THEN 'resumed' ELSE 'running' END,
-           run_by = $3, last_modified_at = now(),
-           lease_owner = coalesce($5, lease_owner),
-           lease_expires_at = CASE WHEN $5::varchar IS NULL THEN lease_expires_at
-                                   ELSE now() + make_interval(secs => $6::float8) END,
-           fencing_token = fencing_token + CASE WHEN $5::varchar IS NULL THEN 0 ELSE 1 END
-     WHERE pid = $1 AND last_status = $2 AND ($7::bigint IS NULL OR fencing_token = $7)
-       AND NOT coalesce((SELECT bool_or(global_lock) FROM engine_settings), false)
- RETURNING pid, is_task, workflow_id, fencing_token, created_by
-), i AS (
-    INSERT INTO input_states (pid, input_state, input_type) SELECT pid, $4, 'user_input' FROM p
-)
-SELECT p.pid, p.is_task, p.fencing_token, p.created_by, w.name AS workflow_name, w.target,
-       CASE WHEN $5::varchar IS NULL THEN NULL ELSE
-           (SELECT s.input_state FROM input_states s WHERE s.pid = p.pid AND s.input_type = 'initial_state'
-             ORDER BY s.input_time DESC LIMIT 1) END AS initial_state
-  FROM p JOIN workflows w ON w.workflow_id = p.workflow_id
-"""
 
 _FINISH = """
 WITH p AS (
@@ -88,7 +69,7 @@ SELECT p.*, w.name AS workflow_name, w.target AS workflow_target, {STEPS_AGG.for
        (SELECT t.due_at FROM process_timers t WHERE t.pid = p.pid) AS next_attempt_at,
        (SELECT r.schedule_id FROM schedule_runs r WHERE r.pid = p.pid) AS schedule_id
   FROM processes p JOIN workflows w ON w.workflow_id = p.workflow_id
- WHERE p.pid = $1
+ WHERE p.pid = ANY($1::uuid[])
 """
 
 _LATEST_INPUT = """
@@ -108,6 +89,8 @@ _STATUSES = "SELECT pid, last_status FROM processes WHERE pid = ANY($1::uuid[])"
 
 class ProcessStatements(Statements):
     creates: ProcessCreator
+    resumes: ProcessResumer
+    loads: GroupCommit[UUID, dict[str, Any] | None]
 
     async def create_process(
         self, tx: Transaction, process: NewProcess, slot: Lease | Dispatch | None = None
@@ -151,7 +134,11 @@ class ProcessStatements(Statements):
         `rows`, the step rows read with `seen_token`, unchanged since: no run came in between) once it has
         committed: the claim's statement and the reload of the steps are saved."""
         owner, ttl = (lease.owner, lease.ttl) if lease else (None, None)
-        row = await tx.fetchrow_last(_RESUME, pid, seen_status, user, user_input, owner, ttl, seen_token)
+        resume = ResumeRow(pid, seen_status, user, user_input, owner, ttl, seen_token)
+        if tx.begun:  # an outbox dispatch was written before it: in that transaction
+            row = await tx.fetchrow_last(RESUME_MANY, *resume_columns([resume]))
+        else:  # group-committed with concurrent resumes
+            row = await self.resumes.resume(resume)
         if row is None:
             return False
         self._announce(tx, pid, "resumed")  # subscribers see a resume as such, claimed at once or not
@@ -194,9 +181,14 @@ class ProcessStatements(Statements):
 
     async def load(self, pid: UUID) -> dict[str, Any] | None:
         """A process row with its workflow's name and target, its step rows (oldest first), the due time of its
-        timer (`next_attempt_at`) and the schedule that started it (`schedule_id`)."""
-        row = await self.pool.fetchrow(_LOAD, pid)
-        return dict(row.items()) if row is not None else None
+        timer (`next_attempt_at`) and the schedule that started it (`schedule_id`). Read in one statement with
+        the reads that concurrent requests make meanwhile (`groupcommit.py`): a resume's read, at concurrency."""
+        return await self.loads.submit(pid)
+
+    async def _load_many(self, pids: list[UUID]) -> list[dict[str, Any] | None]:
+        """The reads that concurrent requests make while one is in flight, in one statement."""
+        found = {row["pid"]: row for row in await self.pool.fetch(_LOAD, pids)}
+        return [dict(row.items()) if (row := found.get(pid)) is not None else None for pid in pids]
 
     async def latest_input(self, pid: UUID, input_type: str) -> State | None:
         value: State | None = await self.pool.fetchval(_LATEST_INPUT, pid, input_type)

@@ -146,7 +146,10 @@ class StepWriter:
         self.pool = pool
         self.events = events
         self._group = GroupCommit(self._write_many, on_alone_failing=_unstorable)
-        self._shard = random.randrange(DURATION_SHARDS)
+        first = random.randrange(DURATION_SHARDS)
+        self._shards = [(first + i) % DURATION_SHARDS for i in range(self._group.max_in_flight)]
+        """A histogram shard per statement in flight: two on one shard would queue on its row lock, the second
+        waiting for the first one's commit (its WAL flush) before its own could start."""
 
     async def write(self, *outcomes: StepOutcome) -> Written:
         """Write the outcomes (one process's, in order) in one statement, all or none; wait for the commit."""
@@ -155,7 +158,11 @@ class StepWriter:
     async def _write_many(self, requests: list[tuple[StepOutcome, ...]]) -> list[Written]:
         outcomes = [o for request in requests for o in request]
         columns = [[getattr(o, name) for o in outcomes] for name in _COLUMNS]
-        row = await self.pool.fetchrow(_MANY, *columns, self._shard, NEGATED_BOUNDS)
+        shard = self._shards.pop()  # the group commit runs at most `max_in_flight` statements at once
+        try:
+            row = await self.pool.fetchrow(_MANY, *columns, shard, NEGATED_BOUNDS)
+        finally:
+            self._shards.append(shard)
         assert row is not None
         accepted = set(row["ok"])
         locked = bool(row["locked"])

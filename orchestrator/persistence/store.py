@@ -19,10 +19,12 @@ from orchestrator.persistence.claims import Claims
 from orchestrator.persistence.creates import ProcessCreator
 from orchestrator.persistence.engine_lock import EngineLockStatements
 from orchestrator.persistence.events import EventPublisher
+from orchestrator.persistence.groupcommit import GroupCommit
 from orchestrator.persistence.listener import Listener
 from orchestrator.persistence.outbox import OutboxStatements
 from orchestrator.persistence.processes import ProcessStatements
 from orchestrator.persistence.recovery import RecoveryStatements
+from orchestrator.persistence.resumes import ProcessResumer
 from orchestrator.persistence.schedules import ScheduleStatements
 from orchestrator.persistence.stepwriter import StepWriter
 from orchestrator.persistence.timers import TimerStatements
@@ -51,6 +53,8 @@ class Store(
         self.claims = Claims(pool, self.events)
         self.branch_claims = BranchClaims(pool, self.events)
         self.creates = ProcessCreator(pool)
+        self.resumes = ProcessResumer(pool)
+        self.loads = GroupCommit(self._load_many)
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """`async with store.transaction() as tx`: begins on its first statement, commits when the block returns."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -72,9 +73,16 @@ async def start_process(
     process = new_process(orch, wf, workflow_key, user_inputs, user)
     async with orch.store.transaction() as tx:
         await insert_process(orch, tx, process)
+    await _let_the_runner_go_first()
     pid = process.pid
     logger.info("process created", process_id=str(pid), workflow=workflow_key, user=user)
     return pid
+
+
+async def _let_the_runner_go_first() -> None:
+    """A process claimed by its own commit is queued to a run slot (threadpool): yield once, so that the slot
+    sends its first step's write before this request logs and answers, which then overlap that round trip."""
+    await asyncio.sleep(0)
 
 
 def _resume_action(status: str) -> ResumeAction:
@@ -167,6 +175,7 @@ async def resume_process(
             if await orch.store.engine_locked():
                 raise EngineLockedError
             raise ProcessStatusError("The process changed status while it was being resumed; try again")
+    await _let_the_runner_go_first()
     logger.info("process resumed", process_id=str(process_id), user=user, previous_status=status)
 
 
