@@ -59,10 +59,14 @@ class Watcher:
         self.progress.close()
 
     def add(self, pid: uuid.UUID, sent_at: float) -> asyncio.Future[Seen]:
+        first = not self.pending
         self.pending[pid] = self.sent[pid] = sent_at
         future: asyncio.Future[Seen] = asyncio.get_running_loop().create_future()
         self._futures[pid] = future
-        self._wake.set()
+        if first:
+            # Only the first pid wakes the poll: waking it for every start made it poll after each request, and
+            # its statement (all pending pids) took PostgreSQL CPU from the servers under measurement.
+            self._wake.set()
         return future
 
     async def _poll_forever(self) -> None:
