@@ -69,7 +69,9 @@ def configure(log_format: LogFormat = LogFormat.CONSOLE, level: str = "INFO") ->
         if log_format is LogFormat.JSON
         else [*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # One write per line (`print` makes two: the line, then its newline). Under `dramatiq`, stderr is a pipe to
+        # the parent process and each write is a message the parent reads and writes out again.
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
     # Libraries (uvicorn, dramatiq, aio-pika) log through the standard library: same format, same stream.
