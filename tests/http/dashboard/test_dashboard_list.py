@@ -64,7 +64,7 @@ async def test_pages_fit_1280_and_800_pixels_and_work_from_the_keyboard(
             # Waits for the layout to settle (scripts fill some pages after load); a page that stays too wide fails.
             try:
                 await page.wait_for_function(
-                    "document.documentElement.scrollWidth <= document.documentElement.clientWidth", timeout=5000
+                    "() => document.documentElement.scrollWidth <= document.documentElement.clientWidth", timeout=5000
                 )
             except PlaywrightTimeoutError:
                 pytest.fail(f"{path} scrolls sideways at {width} px")

@@ -20,10 +20,16 @@
     return meta ? meta.content : "";
   }
 
+  // A form that navigates (not one htmx sends) is on its way: a live reload now would cancel its request, and the
+  // click that sent it (e.g. "Unpause the engine" just after the pause's own event) would be lost.
+  var navigating = false;
+  document.addEventListener("submit", function (event) { if (!event.defaultPrevented) navigating = true; });
+  window.addEventListener("pageshow", function () { navigating = false; });
+
   var pending = {};
   function soon(key, action) {
-    if (pending[key]) return;
-    pending[key] = setTimeout(function () { pending[key] = null; action(); }, 250);
+    if (pending[key] || navigating) return;
+    pending[key] = setTimeout(function () { pending[key] = null; if (!navigating) action(); }, 250);
   }
 
   function refresh(selector) {
