@@ -13,7 +13,7 @@ from uuid import UUID
 import asyncpg
 
 from orchestrator.dsl.types import State
-from orchestrator.persistence.groupcommit import GroupCommit
+from orchestrator.persistence.groupcommit import GroupCommit, columns
 from orchestrator.persistence.records import Dispatch, Lease, NewProcess
 
 CREATE_MANY = """
@@ -70,10 +70,6 @@ class NewRow(NamedTuple):
             dispatch.queue if dispatch else None,
             dispatch.actor if dispatch else None,
         )
-
-
-def columns(rows: list[NewRow]) -> list[list[object]]:
-    return [list(column) for column in zip(*rows, strict=True)]
 
 
 class ProcessCreator:

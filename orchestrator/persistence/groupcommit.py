@@ -9,7 +9,7 @@ batch fails as a whole, its requests are written one by one, so that one bad req
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -89,3 +89,8 @@ def _settle(future: asyncio.Future[R], outcome: R | BaseException) -> None:
         future.set_exception(outcome)
     else:
         future.set_result(outcome)
+
+
+def columns(rows: Sequence[tuple[object, ...]]) -> list[list[object]]:
+    """Rows as one list per column: the array parameters of a statement that unnests a batch in one round trip."""
+    return [list(column) for column in zip(*rows, strict=True)]

@@ -11,11 +11,10 @@ from typing import Any
 from uuid import UUID
 
 from orchestrator.dsl.types import ProcessStatus, State
-from orchestrator.persistence.creates import CREATE_MANY, NewRow, ProcessCreator, columns
-from orchestrator.persistence.groupcommit import GroupCommit
+from orchestrator.persistence.creates import CREATE_MANY, NewRow, ProcessCreator
+from orchestrator.persistence.groupcommit import GroupCommit, columns
 from orchestrator.persistence.records import Claim, Dispatch, Lease, NewProcess, ProcessRef, StepRow
 from orchestrator.persistence.resumes import RESUME_MANY, ProcessResumer, ResumeRow
-from orchestrator.persistence.resumes import columns as resume_columns
 from orchestrator.persistence.statements import Statements
 from orchestrator.persistence.transaction import Transaction
 
@@ -136,7 +135,7 @@ class ProcessStatements(Statements):
         owner, ttl = (lease.owner, lease.ttl) if lease else (None, None)
         resume = ResumeRow(pid, seen_status, user, user_input, owner, ttl, seen_token)
         if tx.begun:  # an outbox dispatch was written before it: in that transaction
-            row = await tx.fetchrow_last(RESUME_MANY, *resume_columns([resume]))
+            row = await tx.fetchrow_last(RESUME_MANY, *columns([resume]))
         else:  # group-committed with concurrent resumes
             row = await self.resumes.resume(resume)
         if row is None:

@@ -14,7 +14,7 @@ from uuid import UUID
 import asyncpg
 
 from orchestrator.dsl.types import State
-from orchestrator.persistence.groupcommit import GroupCommit
+from orchestrator.persistence.groupcommit import GroupCommit, columns
 
 RESUME_MANY = """
 WITH i AS (
@@ -57,10 +57,6 @@ class ResumeRow(NamedTuple):
     owner: str | None
     lease_ttl: float | None
     seen_token: int | None
-
-
-def columns(rows: list[ResumeRow]) -> list[list[object]]:
-    return [list(column) for column in zip(*rows, strict=True)]
 
 
 class ProcessResumer:

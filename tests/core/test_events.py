@@ -3,12 +3,11 @@ one NOTIFY after another; after a busy batch the next waits `busy_linger` (here:
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from support.database import scratch_database
+from support.database import scratch_pool
 from support.waiting import wait_until
 
 from orchestrator.persistence.events import EVENTS_CHANNEL, EventPublisher
@@ -16,12 +15,8 @@ from orchestrator.persistence.events import EVENTS_CHANNEL, EventPublisher
 
 @pytest.fixture
 async def pool() -> AsyncIterator[asyncpg.Pool]:
-    async with scratch_database("events_test") as dsn:
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
-        try:
-            yield pool
-        finally:
-            await asyncio.wait_for(pool.close(), timeout=10)
+    async with scratch_pool("events_test") as pool:
+        yield pool
 
 
 async def _true(value: bool) -> bool:

@@ -4,12 +4,11 @@ connection is killed."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from support.database import scratch_database
+from support.database import scratch_pool
 from support.waiting import wait_until
 
 from orchestrator.persistence.listener import Listener
@@ -17,12 +16,8 @@ from orchestrator.persistence.listener import Listener
 
 @pytest.fixture
 async def pool() -> AsyncIterator[asyncpg.Pool]:
-    async with scratch_database("listener_test") as dsn:
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
-        try:
-            yield pool
-        finally:
-            await asyncio.wait_for(pool.close(), timeout=10)
+    async with scratch_pool("listener_test") as pool:
+        yield pool
 
 
 async def listening_backends(pool: asyncpg.Pool) -> list[int]:

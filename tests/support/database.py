@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +24,17 @@ async def scratch_database(prefix: str, template: str | None = None) -> AsyncIte
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@asynccontextmanager
+async def scratch_pool(prefix: str) -> AsyncIterator[asyncpg.Pool]:
+    """A small pool on a scratch database of its own (for tests of one persistence piece), closed and dropped after."""
+    async with scratch_database(prefix) as dsn:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+        try:
+            yield pool
+        finally:
+            await asyncio.wait_for(pool.close(), timeout=10)
 
 
 async def step_rows(dsn_or_pool: Any, pid: UUID) -> list[tuple[str, str]]:
