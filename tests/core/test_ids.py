@@ -3,6 +3,7 @@ their first characters tell processes apart."""
 
 from __future__ import annotations
 
+import random
 import time
 from uuid import UUID
 
@@ -26,6 +27,18 @@ def test_ids_are_version_7_and_grow_with_time() -> None:
     assert first.variant == later.variant == "specified in RFC 4122"
     assert later > first
     assert len({time_ordered_uuid() for _ in range(10_000)}) == 10_000
+
+
+def test_a_workflow_seeding_random_does_not_repeat_step_ids() -> None:
+    """Step code may call `random.seed`: ids made after the same seed in one millisecond must still differ."""
+    while True:
+        random.seed(0)
+        first = time_ordered_uuid()
+        random.seed(0)
+        second = time_ordered_uuid()
+        if _millis(first) == _millis(second):  # the same millisecond, whatever the machine's speed
+            break
+    assert first != second
 
 
 async def test_steps_get_time_ordered_ids_and_processes_random_ones(orch: Orchestrator) -> None:
