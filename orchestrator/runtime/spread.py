@@ -1,9 +1,10 @@
 """Distributed mode: a workflow's fork spread over the workers, its branches dispatched in batches of messages.
 
 The run that reaches the fork applies a resume to its branch, then dispatches every branch that has a step left to
-run (one statement: branch rows and outbox messages, a few branches per message: `dramatiq_executor.batches`) and
-lets the process go, still `running`. A worker that gets a branch message claims the message's branches it has
-slots for (`persistence/branch_claims.py`) and runs each like any branch, each row fenced by the branch's token.
+run and lets the process go, still `running`, in one statement: the branch rows, the first batch claimed for the
+worker that reached the fork (which runs it at once) and the other batches as outbox messages
+(`dramatiq_executor.batches`). A worker that gets a branch message claims the message's branches it has slots for
+(`persistence/branch_claims.py`) and runs each like any branch, each row fenced by the branch's token.
 When the fork's last open branch stops, PostgreSQL hands the process to that worker by
 compare-and-set, and it runs on from the fork: the branches' rows are their outcomes (`branches.replay`), so it
 joins (or settles at the first failing or waiting branch) exactly as in threadpool mode. Nested forks run inside
